@@ -21,14 +21,13 @@ from marsrm.allocate import (
     sample_variants,
 )
 
-settings.register_profile("allocate", max_examples=600, deadline=None)
-settings.load_profile("allocate")
+# Per-test settings, not a loaded profile: a profile would change every other test file's hypothesis runs.
+quick = settings(max_examples=60, deadline=None)
 
 finite = st.floats(-50, 50, allow_nan=False, allow_infinity=False)
 margins_st = arrays(np.float64, st.integers(1, 40), elements=finite)
 budgets = st.integers(0, 3000)
 seeds = st.integers(0, 2**32 - 1)
-AUGMENTING = [name for name, s in STRATEGIES.items() if s.augments]
 
 
 def _never_favours(keys, counts):
@@ -55,6 +54,7 @@ def test_largest_remainder_hand_examples():
     assert largest_remainder(np.ones(3), 10**17).sum() == 10**17
 
 
+@quick
 @given(arrays(np.float64, st.integers(1, 40), elements=st.floats(0, 1e6)), budgets)
 def test_largest_remainder_exact_and_within_one_of_quota(weights, budget):
     counts = largest_remainder(weights, budget)
@@ -76,6 +76,7 @@ def test_largest_remainder_errors(weights, budget, message):
 # --- strategies --------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("name", list(STRATEGIES))
+@quick
 @given(margins=margins_st, budget=budgets, seed=seeds)
 def test_counts_are_nonnegative_ints_summing_to_budget(name, margins, budget, seed):
     counts = allocate(name, margins, budget, np.random.default_rng(seed))
@@ -83,17 +84,20 @@ def test_counts_are_nonnegative_ints_summing_to_budget(name, margins, budget, se
     assert counts.sum() == (budget if STRATEGIES[name].augments else 0)
 
 
+@quick
 @given(margins=margins_st, budget=budgets, tau=st.floats(0, 5))
 def test_mars_never_favours_larger_abs_margin(margins, budget, tau):
     _never_favours(np.abs(margins), allocate("mars", margins, budget, None, tau=tau))
 
 
+@quick
 @given(margins=margins_st, budget=budgets, tau=st.floats(0, 5))
 def test_mars_signed_never_favours_larger_signed_margin(margins, budget, tau):
     _never_favours(margins, allocate("mars-signed", margins, budget, None, tau=tau))
 
 
 @pytest.mark.parametrize("name", ["uniform", "west-of-n", "self-train"])
+@quick
 @given(margins=margins_st, budget=budgets, seed=seeds)
 def test_uniform_counts_differ_by_at_most_one(name, margins, budget, seed):
     counts = allocate(name, margins, budget, np.random.default_rng(seed))
@@ -101,6 +105,7 @@ def test_uniform_counts_differ_by_at_most_one(name, margins, budget, seed):
 
 
 @pytest.mark.parametrize("name", ["mars", "mars-signed"])
+@quick
 @given(margins=arrays(np.float64, st.integers(1, 40), elements=st.floats(-1e3, 1e3)), budget=budgets)
 def test_tau_to_zero_tends_to_uniform(name, margins, budget):
     counts = allocate(name, margins, budget, None, tau=1e-9)
@@ -201,6 +206,7 @@ def counts_and_pools(draw):
     return counts, pools
 
 
+@quick
 @given(cp=counts_and_pools(), seed=seeds)
 def test_sampling_replaces_only_beyond_the_pool(cp, seed):
     counts, pools = cp
@@ -215,6 +221,7 @@ def test_sampling_replaces_only_beyond_the_pool(cp, seed):
         assert np.all((seen == full) | (seen == full + 1)) and np.sum(seen == full + 1) == rem
 
 
+@quick
 @given(cp=counts_and_pools(), seed=seeds)
 def test_west_of_n_takes_highest_margins_first(cp, seed):
     counts, pools = cp
@@ -241,6 +248,7 @@ def test_west_of_n_hand_example():
     assert pool_offsets([3, 2, 2]).tolist() == [0, 3, 5]
 
 
+@quick
 @given(cp=counts_and_pools(), seed=seeds)
 def test_sampling_is_reproducible_with_a_seed(cp, seed):
     counts, pools = cp
@@ -301,6 +309,7 @@ def test_summaries_hand_examples():
     assert lowest_margin_decile_share(margins, np.zeros(11, int)) == 0.0
 
 
+@quick
 @given(margins=margins_st, budget=st.integers(1, 3000))
 def test_summaries_bounds(margins, budget):
     counts = allocate("mars", margins, budget, None)

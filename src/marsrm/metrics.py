@@ -219,11 +219,7 @@ class PairedComparison:
 
 
 def _index_chunks(n: int, n_resamples: int, seed: int):
-    """Yield blocks of resampled pair indices, shape (rows, n), n_resamples rows in all.
-
-    The draws depend only on (n, n_resamples, seed): two calls with the same arguments resample the same
-    pairs, which is what makes a paired comparison paired.
-    """
+    """Yield blocks of resampled pair indices, shape (rows, n), n_resamples rows in all; seeded."""
     rng = np.random.default_rng(seed)
     rows_per_chunk = max(1, min(n_resamples, _CHUNK_ELEMENTS // n))
     for start in range(0, n_resamples, rows_per_chunk):
@@ -258,14 +254,17 @@ def _weighted_margin_snr(margins: np.ndarray):
     # Centre first so that the variance E[x²] - E[x]² does not cancel catastrophically.
     centre = margins.mean()
     centred = margins - centre
+    spread = np.mean(centred**2)
 
     def snr(counts):
         mean = counts @ centred / margins.size
-        variance = np.maximum(counts @ centred**2 / margins.size - mean**2, 0.0)
-        drawn = counts > 0
-        constant = np.where(drawn, margins, np.inf).min(axis=1) == np.where(drawn, margins, -np.inf).max(axis=1)
+        variance = counts @ centred**2 / margins.size - mean**2
         with np.errstate(divide="ignore", invalid="ignore"):
-            return np.where(constant, 0.0, (mean + centre) / np.sqrt(variance))
+            values = (mean + centre) / np.sqrt(variance)
+        # A (near-)constant resample's variance is lost to rounding: recompute it from its margins.
+        for row in np.flatnonzero(variance <= 1e-8 * spread):
+            values[row] = margin_snr(np.repeat(margins, counts[row].astype(np.int64)))
+        return values
 
     return snr
 
@@ -283,17 +282,19 @@ def _weighted_ece(margins: np.ndarray, n_bins: int = 10):
 
 def _weighted_roc_auc(chosen: np.ndarray, rejected: np.ndarray):
     # AUC of a resample = Σ_a w_a · (rejected weight below chosen_a + ½ rejected weight tied with it) / n².
-    # With the rejected rewards sorted once, both weights are differences of one cumulative sum.
+    # With the rejected rewards sorted once, both weights are differences of one cumulative sum;
+    # visiting the chosen rewards in sorted order keeps the look-ups into it sequential.
     n = chosen.size
-    order = np.argsort(rejected, kind="stable")
-    below_end = np.searchsorted(rejected[order], chosen, side="left")  # sorted rejected [0, below_end) < chosen_a
-    tied_end = np.searchsorted(rejected[order], chosen, side="right")
+    rejected_order, chosen_order = np.argsort(rejected), np.argsort(chosen)
+    rejected_sorted, chosen_sorted = rejected[rejected_order], chosen[chosen_order]
+    below_end = np.searchsorted(rejected_sorted, chosen_sorted, side="left")  # [0, below_end) < chosen
+    tied_end = np.searchsorted(rejected_sorted, chosen_sorted, side="right")  # [below_end, tied_end) ties
 
     def auc(counts):
         cumulative = np.zeros((counts.shape[0], n + 1))
-        np.cumsum(counts[:, order], axis=1, out=cumulative[:, 1:])
-        beaten = 0.5 * (cumulative[:, below_end] + cumulative[:, tied_end])
-        return (counts * beaten).sum(axis=1) / (n * n)
+        np.cumsum(np.take(counts, rejected_order, axis=1), axis=1, out=cumulative[:, 1:])
+        beaten_twice = np.take(cumulative, below_end, axis=1) + np.take(cumulative, tied_end, axis=1)
+        return np.einsum("ij,ij->i", np.take(counts, chosen_order, axis=1), beaten_twice) / (2 * n * n)
 
     return auc
 
@@ -324,24 +325,34 @@ def _check_arrays(arrays: Sequence) -> tuple[list[np.ndarray], int]:
     return arrays, lengths.pop()
 
 
-def _replicates(stat_fn: Callable, arrays: Sequence, n_resamples: int, seed: int) -> np.ndarray:
-    """stat_fn on n_resamples bootstrap resamples of the pairs, shape (n_resamples,).
+def _replicates(statistics: Sequence[tuple[Callable, Sequence]], n_resamples: int, seed: int) -> list[np.ndarray]:
+    """Each (stat_fn, arrays) evaluated on the SAME n_resamples bootstrap resamples of the pairs.
 
-    Pair indices are drawn jointly: row i of every array is resampled together.
+    All arrays index the same n pairs along axis 0; a resample draws n pair indices and applies them to
+    every array of every statistic jointly.  Returns one array of shape (n_resamples,) per statistic.
     """
-    arrays, n = _check_arrays(arrays)
     if n_resamples < 1:
         raise ValueError(f"n_resamples: expected a positive integer, got {n_resamples}")
-    weighted = next((fast for plain, fast in _WEIGHTED_STATS.items() if plain is stat_fn), None)
-    if weighted is not None and all(a.ndim == 1 for a in arrays):
-        stat_of_counts = weighted(*(np.asarray(a, dtype=np.float64) for a in arrays))
-        blocks = [stat_of_counts(_counts(indices, n)) for indices in _index_chunks(n, n_resamples, seed)]
-    else:
-        blocks = [
-            [stat_fn(*(a[row] for a in arrays)) for row in indices]
-            for indices in _index_chunks(n, n_resamples, seed)
-        ]
-    return np.concatenate([np.asarray(block, dtype=np.float64) for block in blocks])
+    checked = [_check_arrays(arrays) for _, arrays in statistics]
+    n = checked[0][1]
+    if any(length != n for _, length in checked):
+        raise ValueError("bootstrap statistics must all be computed on the same pairs")
+    evaluators = []  # one function per statistic: (indices, counts) of a block -> values of the block
+    for (stat_fn, _), (arrays, _) in zip(statistics, checked):
+        weighted = next((fast for plain, fast in _WEIGHTED_STATS.items() if plain is stat_fn), None)
+        if weighted is not None and all(a.ndim == 1 for a in arrays):
+            of_counts = weighted(*(a.astype(np.float64) for a in arrays))
+            evaluators.append(lambda indices, counts, f=of_counts: f(counts))
+        else:
+            evaluators.append(
+                lambda indices, counts, f=stat_fn, a=arrays: [f(*(x[row] for x in a)) for row in indices]
+            )
+    blocks: list[list] = [[] for _ in statistics]
+    for indices in _index_chunks(n, n_resamples, seed):
+        counts = _counts(indices, n)
+        for evaluate, out in zip(evaluators, blocks):
+            out.append(np.asarray(evaluate(indices, counts), dtype=np.float64))
+    return [np.concatenate(out) for out in blocks]
 
 
 def _percentiles(replicates: np.ndarray, level: float) -> tuple[float, float]:
@@ -366,7 +377,8 @@ def bootstrap_ci(
     """
     arrays, _ = _check_arrays(arrays)
     estimate = float(stat_fn(*arrays))
-    low, high = _percentiles(_replicates(stat_fn, arrays, n_resamples, seed), level)
+    (replicates,) = _replicates([(stat_fn, arrays)], n_resamples, seed)
+    low, high = _percentiles(replicates, level)
     return Interval(estimate, low, high)
 
 
@@ -386,10 +398,8 @@ def paired_bootstrap(
     disagreement.  Returns PairedComparison(estimate, low, high, share_a_better, n).
     """
     margins_a, margins_b = _as_pairs(margins_a, margins_b, ("margins_a", "margins_b"))
-    # The same seed and n give the same resampled indices for both models (see _index_chunks).
-    differences = _replicates(stat, [margins_a], n_resamples, seed) - _replicates(
-        stat, [margins_b], n_resamples, seed
-    )
+    replicates_a, replicates_b = _replicates([(stat, [margins_a]), (stat, [margins_b])], n_resamples, seed)
+    differences = replicates_a - replicates_b
     low, high = _percentiles(differences, level)
     return PairedComparison(
         estimate=float(stat(margins_a) - stat(margins_b)),
@@ -461,22 +471,18 @@ def evaluate_margins(
         length_baseline_accuracy  {"value", "low", "high"}; only when both length arrays are given
         per_subset                {subset: the keys above for that subset's pairs}; only with subsets
         sections                  rewardbench_sections(...) (may be empty); only with subsets
-    Every interval uses the same n_resamples and seed, hence the same resampled pairs.
+    All intervals are computed on the same resampled pairs, so each equals bootstrap_ci(metric, ...,
+    n_resamples=n_resamples, seed=seed) on its own.
     """
     chosen, rejected = _as_pairs(chosen, rejected, ("chosen", "rejected"))
     n = chosen.size
     margins = chosen - rejected
-
-    def interval(stat_fn, *arrays) -> dict[str, float]:
-        return bootstrap_ci(stat_fn, *arrays, n_resamples=n_resamples, seed=seed).as_dict()
-
-    report: dict = {
-        "n": int(n),
-        "accuracy": interval(pairwise_accuracy, margins),
-        "auc": interval(roc_auc, chosen, rejected),
-        "mean_margin": interval(mean_margin, margins),
-        "margin_snr": interval(margin_snr, margins),
-        "ece": interval(expected_calibration_error, margins),
+    statistics = {
+        "accuracy": (pairwise_accuracy, [margins]),
+        "auc": (roc_auc, [chosen, rejected]),
+        "mean_margin": (mean_margin, [margins]),
+        "margin_snr": (margin_snr, [margins]),
+        "ece": (expected_calibration_error, [margins]),
     }
     if (chosen_lengths is None) != (rejected_lengths is None):
         raise ValueError("chosen_lengths and rejected_lengths: give both or neither")
@@ -486,7 +492,13 @@ def evaluate_margins(
         )
         if chosen_lengths.size != n:
             raise ValueError(f"chosen_lengths: expected one length per pair ({n}), got {chosen_lengths.size}")
-        report["length_baseline_accuracy"] = interval(length_baseline_accuracy, chosen_lengths, rejected_lengths)
+        statistics["length_baseline_accuracy"] = (length_baseline_accuracy, [chosen_lengths, rejected_lengths])
+
+    report: dict = {"n": int(n)}
+    replicates = _replicates(list(statistics.values()), n_resamples, seed)
+    for (name, (stat_fn, arrays)), resampled in zip(statistics.items(), replicates):
+        low, high = _percentiles(resampled, 0.95)
+        report[name] = Interval(float(stat_fn(*arrays)), low, high).as_dict()
     if subsets is not None:
         subsets = np.asarray(subsets, dtype=object)
         if subsets.shape != (n,):

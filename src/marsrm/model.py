@@ -138,15 +138,20 @@ def count_truncation(tokenizer, texts, responses, max_length: int) -> Truncation
 # ---------------------------------------------------------------------------------------------
 
 class ScalarHead(nn.Module):
-    """Embedding (…, d) → reward (…,): linear, or an MLP with one hidden layer when `hidden` > 0."""
+    """Embedding (…, d) → reward (…,): linear, or an MLP with one hidden layer when `hidden` > 0.
+
+    The output layer has no bias: the Bradley–Terry loss sees only differences r(y+) − r(y−), where a
+    bias cancels, so it would get no gradient (only rounding noise, which Adam would amplify).
+    """
 
     def __init__(self, dim: int, hidden: int = 0, dropout: float = 0.0):
         super().__init__()
         self.dim, self.hidden = dim, hidden
         if hidden > 0:
-            self.net = nn.Sequential(nn.Dropout(dropout), nn.Linear(dim, hidden), nn.GELU(), nn.Linear(hidden, 1))
+            self.net = nn.Sequential(nn.Dropout(dropout), nn.Linear(dim, hidden), nn.GELU(),
+                                     nn.Linear(hidden, 1, bias=False))
         else:
-            self.net = nn.Sequential(nn.Dropout(dropout), nn.Linear(dim, 1))
+            self.net = nn.Sequential(nn.Dropout(dropout), nn.Linear(dim, 1, bias=False))
 
     def forward(self, embeddings: torch.Tensor) -> torch.Tensor:
         return self.net(embeddings).squeeze(-1)
@@ -362,9 +367,7 @@ def export_head_model(model: HeadRewardModel, directory: str | os.PathLike) -> P
     directory = Path(directory)
     seq.save_pretrained(directory, safe_serialization=True)
     tokenizer.save_pretrained(directory)
-    # The head's bias is a constant shift: it changes no margin, and the standard head has no place for it.
-    full_spec = ModelSpec(**{**asdict(spec), "mode": "full"})
-    _write_manifest(directory, full_spec, {"dropped_bias": float(model.head.linear.bias.item())})
+    _write_manifest(directory, ModelSpec(**{**asdict(spec), "mode": "full"}), {})
     return directory
 
 
