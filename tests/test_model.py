@@ -1,0 +1,88 @@
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from marsrm import load_reward_model
+from marsrm.model import (HeadRewardModel, ModelError, ModelSpec, ScalarHead, count_truncation, export_head_model,
+                          format_texts, load_tokenizer, new_full_model)
+
+PROMPTS = [({"role": "user", "content": "How do I boil an egg?"},),
+           ({"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello!"},
+            {"role": "user", "content": "Name a colour."})]
+RESPONSES = ["Put it in boiling water for nine minutes.", "Blue."]
+
+
+def test_hh_format_and_left_truncation(minilm_path):
+    tokenizer = load_tokenizer(minilm_path)
+    texts = format_texts(tokenizer, PROMPTS, RESPONSES)
+    assert texts[1] == "Human: Hi\n\nAssistant: Hello!\n\nHuman: Name a colour.\n\nAssistant: Blue."
+    assert tokenizer.truncation_side == "left" and tokenizer.eos_token == tokenizer.sep_token
+    ids = tokenizer(texts[0], truncation=True, max_length=8)["input_ids"]
+    assert tokenizer.decode(ids, skip_special_tokens=True).endswith("nine minutes.")
+    report = count_truncation(tokenizer, texts, RESPONSES, max_length=12)
+    assert (report.inputs, report.truncated, report.response_cut) == (2, 2, 0)
+    report = count_truncation(tokenizer, texts, RESPONSES, max_length=6)
+    assert report.response_cut == 1
+
+
+def test_chat_template_refused_when_absent(minilm_path):
+    with pytest.raises(ModelError, match="chat template"):
+        format_texts(load_tokenizer(minilm_path), PROMPTS, RESPONSES, template="chat")
+
+
+def test_head_model_round_trip(tmp_path, minilm_path):
+    spec = ModelSpec(mode="head", backbone=minilm_path, max_length=32, embed_dtype="fp32")
+    torch.manual_seed(0)
+    model = HeadRewardModel(spec, ScalarHead(384))
+    before = model.score([p for p in PROMPTS], RESPONSES)
+    model.save(tmp_path / "m")
+    manifest = json.loads((tmp_path / "m" / "marsrm.json").read_text())
+    assert manifest["spec"]["mode"] == "head"
+    loaded = load_reward_model(tmp_path / "m")
+    assert isinstance(loaded, HeadRewardModel)
+    assert np.allclose(loaded.score(PROMPTS, RESPONSES), before, atol=1e-6)
+    with pytest.raises(ModelError, match="normalization"):
+        loaded.score(PROMPTS, RESPONSES, normalize=True)
+
+
+def test_full_model_is_a_standard_directory(tmp_path, minilm_path):
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    spec = ModelSpec(mode="full", backbone=minilm_path, max_length=64, normalization={"mean": 1.0, "std": 2.0})
+    torch.manual_seed(0)
+    model = new_full_model(spec)
+    ours = model.score(PROMPTS, RESPONSES)
+    model.save(tmp_path / "full")
+    assert (tmp_path / "full" / "model.safetensors").exists()
+    assert not list((tmp_path / "full").glob("*.bin"))
+    plain = AutoModelForSequenceClassification.from_pretrained(tmp_path / "full").eval()
+    tokenizer = AutoTokenizer.from_pretrained(tmp_path / "full")
+    assert plain.config.num_labels == 1
+    texts = format_texts(tokenizer, PROMPTS, RESPONSES)
+    with torch.no_grad():
+        theirs = [plain(**tokenizer(t, return_tensors="pt", truncation=True, max_length=64)).logits[0, 0].item()
+                  for t in texts]
+    assert np.allclose(ours, theirs, atol=1e-4)
+    loaded = load_reward_model(tmp_path / "full")
+    assert np.allclose(loaded.score(PROMPTS, RESPONSES), ours, atol=1e-5)
+    assert np.allclose(loaded.score(PROMPTS, RESPONSES, normalize=True), (ours - 1.0) / 2.0, atol=1e-5)
+
+
+def test_pickle_weights_refused_unless_allowed(tmp_path):
+    (tmp_path / "config.json").write_text("{}")
+    torch.save({"w": torch.zeros(1)}, tmp_path / "pytorch_model.bin")
+    with pytest.raises(ModelError, match="pickle"):
+        load_reward_model(tmp_path)
+
+
+def test_missing_directory_and_export_refusal(tmp_path, minilm_path):
+    with pytest.raises(ModelError, match="no such model directory"):
+        load_reward_model(tmp_path / "nope")
+    spec = ModelSpec(mode="head", backbone=minilm_path)
+    with pytest.raises(ModelError, match="pooler"):
+        export_head_model(HeadRewardModel(spec, ScalarHead(384)), tmp_path / "out")
+    with pytest.raises(ModelError, match="MLP"):
+        export_head_model(HeadRewardModel(ModelSpec(mode="head", backbone=minilm_path, head_hidden=8),
+                                          ScalarHead(384, 8)), tmp_path / "out")
