@@ -86,3 +86,32 @@ def test_missing_directory_and_export_refusal(tmp_path, minilm_path):
     with pytest.raises(ModelError, match="MLP"):
         export_head_model(HeadRewardModel(ModelSpec(mode="head", backbone=minilm_path, head_hidden=8),
                                           ScalarHead(384, 8)), tmp_path / "out")
+
+
+def tiny_decoder(path, minilm_path):
+    """A small random Llama that shares MiniLM's tokenizer: enough to test the exact export path offline."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    tokenizer = load_tokenizer(minilm_path)
+    config = LlamaConfig(vocab_size=tokenizer.vocab_size, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=128,
+                         pad_token_id=tokenizer.pad_token_id)
+    torch.manual_seed(0)
+    LlamaForCausalLM(config).save_pretrained(path, safe_serialization=True)
+    tokenizer.save_pretrained(path)
+    return str(path)
+
+
+def test_export_of_a_last_token_head_is_exact(tmp_path, minilm_path):
+    from transformers import AutoModelForSequenceClassification
+
+    backbone = tiny_decoder(tmp_path / "decoder", minilm_path)
+    spec = ModelSpec(mode="head", backbone=backbone, max_length=64, pooling="last", embed_dtype="fp32")
+    torch.manual_seed(1)
+    model = HeadRewardModel(spec, ScalarHead(32))
+    ours = model.score(PROMPTS, RESPONSES)
+    export_head_model(model, tmp_path / "exported")
+    standard = AutoModelForSequenceClassification.from_pretrained(tmp_path / "exported")
+    assert standard.config.num_labels == 1
+    loaded = load_reward_model(tmp_path / "exported")
+    assert np.allclose(loaded.score(PROMPTS, RESPONSES), ours, atol=1e-4)
