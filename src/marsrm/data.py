@@ -88,6 +88,7 @@ class Source:
     hub: the hub dataset's name; hub_kwargs: the rest of the `datasets.load_dataset` call.
     subset: given to every pair (the hh-rlhf subset), or None.
     format: the format the source is published in.
+    expected: the local copy's path relative to a data folder (for the error message).
     looked: every local path checked, for the error message when the hub fails too.
     """
 
@@ -97,6 +98,7 @@ class Source:
     hub_kwargs: dict
     subset: str | None
     format: str
+    expected: str
     looked: tuple[str, ...] = ()
 
 
@@ -142,20 +144,20 @@ def resolve_source(name: str, *, split: str | None = None) -> Source:
                         + ", ".join([f"hh-rlhf/{s}" for s in HH_SUBSETS] + ["ultrafeedback", "pku-saferlhf"]))
     split = split or default_split
     hub_kwargs = {**hub_kwargs, "split": split}
+    expected = f"{folder}/{subset}-{split}.jsonl.gz" if folder == "hh-rlhf" else f"{folder}/{split}.jsonl"
     looked: list[str] = []
+    path = None
     if split == default_split:
         for root in data_dirs():
             if folder == "hh-rlhf":
-                path = root / folder / f"{subset}-{split}.jsonl.gz"
-                looked.append(str(path))
-                if path.is_file():
-                    return Source(name, path, hub, hub_kwargs, subset, fmt, tuple(looked))
+                looked.append(str(root / expected))
+                path = root / expected if (root / expected).is_file() else None
             else:
-                looked.append(str(root / folder / "{" + ",".join(_LOCAL_PATTERNS) + "}"))
+                looked.append(str(root / folder) + "/{" + ",".join(_LOCAL_PATTERNS) + "}")
                 path = _pick_local_file(root / folder, split)
-                if path is not None:
-                    return Source(name, path, hub, hub_kwargs, subset, fmt, tuple(looked))
-    return Source(name, None, hub, hub_kwargs, subset, fmt, tuple(looked))
+            if path is not None:
+                break
+    return Source(name, path, hub, hub_kwargs, subset, fmt, expected, tuple(looked))
 
 
 def _pick_local_file(folder: Path, split: str) -> Path | None:
@@ -180,13 +182,15 @@ def _pick_local_file(folder: Path, split: str) -> Path | None:
 
 @dataclass
 class _Rows:
-    name: str  # the source's name in ids and messages: the file's name or the named source
+    name: str  # the source's name in ids: the file's name, the named source or the hub name
     where: str  # where it was read from, for the report
     unit: str  # "line" for line-based files (errors say FILE:LINE), "row" otherwise (FILE:row N)
     records: Iterator[tuple[int, Any]]
+    label: str = ""  # the name errors give, when it differs from `name`: a named source's file
 
     def location(self, number: int) -> str:
-        return f"{self.name}:{number}" if self.unit == "line" else f"{self.name}:row {number}"
+        label = self.label or self.name
+        return f"{label}:{number}" if self.unit == "line" else f"{label}:row {number}"
 
 
 def _json_lines(handle: Iterable[bytes], name: str) -> Iterator[tuple[int, Any]]:
@@ -248,12 +252,14 @@ def _read_json(path: Path) -> _Rows:
                         "re-save the file as UTF-8") from None
     if not text.strip():
         raise DataError(f"{name}: the file is empty")
-    if text.lstrip().startswith("{"):
-        return _Rows(name, str(path), "line", _json_lines(io.BytesIO(raw), name))
     try:
         value = json.loads(text)
     except json.JSONDecodeError as error:
+        if text.lstrip().startswith("{"):  # JSON lines: the line reader names the line that is wrong
+            return _Rows(name, str(path), "line", _json_lines(io.BytesIO(raw), name))
         raise DataError(f"{name}:{error.lineno}: invalid JSON ({error.msg} at column {error.colno})") from None
+    if isinstance(value, dict) and len(text.strip().splitlines()) == 1:  # JSON lines holding one record
+        return _Rows(name, str(path), "line", _json_lines(io.BytesIO(raw), name))
     if not isinstance(value, list):
         raise DataError(f"{name}: expected a top-level list of objects, found {_type_name(value)}; "
                         "write a JSON list, or one object per line as .jsonl")
@@ -262,9 +268,15 @@ def _read_json(path: Path) -> _Rows:
     return _Rows(name, str(path), "row", enumerate(value, 1))
 
 
-def _dataset_records(dataset, name: str) -> Iterator[tuple[int, Any]]:
+def _first_line(error: Exception) -> str:
+    """An exception as one line, for a DataError that must stay one line."""
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
+
+
+def _dataset_records(dataset, name: str, what: str = "file") -> Iterator[tuple[int, Any]]:
     if len(dataset) == 0:
-        raise DataError(f"{name}: the file is empty (no rows)")
+        raise DataError(f"{name}: the {what} is empty (no rows)")
     yield from enumerate(dataset, 1)
 
 
@@ -294,8 +306,7 @@ def _read_with_datasets(path: Path, kind: str) -> _Rows:
     except UnicodeDecodeError:
         raise DataError(f"{name}: invalid UTF-8; re-save the file as UTF-8") from None
     except Exception as error:  # pyarrow, pandas and datasets each raise their own types for a bad file
-        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise DataError(f"{name}: cannot read it as {kind.upper()} ({reason}); check the file is a "
+        raise DataError(f"{name}: cannot read it as {kind.upper()} ({_first_line(error)}); check the file is a "
                         f"complete {kind.upper()} file") from None
     return _Rows(name, str(path), "row", _dataset_records(dataset, name))
 
@@ -328,11 +339,10 @@ def _read_saved_dataset(path: Path, split: str | None) -> _Rows:
     try:
         dataset = datasets.load_from_disk(str(path))
     except Exception as error:  # datasets raises FileNotFoundError or its own types for a foreign folder
-        raise DataError(f"{path.name}: not a dataset saved with Dataset.save_to_disk "
-                        f"({str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__})"
-                        "; point at a data file or a saved dataset folder") from None
+        raise DataError(f"{path.name}: not a dataset saved with Dataset.save_to_disk ({_first_line(error)}); "
+                        "point at a data file or a saved dataset folder") from None
     dataset = _pick_split(dataset, split, path.name)
-    return _Rows(path.name, str(path), "row", _dataset_records(dataset, path.name))
+    return _Rows(path.name, str(path), "row", _dataset_records(dataset, path.name, "dataset"))
 
 
 def _hub_unreachable() -> str | None:
@@ -372,8 +382,7 @@ def _load_hub_dataset(name: str, **kwargs):
     try:
         return datasets.load_dataset(name, **kwargs)
     except Exception as error:  # connection, authentication and not-found errors all mean "not from the hub"
-        text = str(error).strip()
-        raise DataError(text.splitlines()[0] if text else type(error).__name__) from None
+        raise DataError(_first_line(error)) from None
 
 
 def _open_source(source, split: str | None) -> tuple[_Rows, Source | None]:
@@ -397,20 +406,21 @@ def _open_source(source, split: str | None) -> tuple[_Rows, Source | None]:
             return _read_with_datasets(path, "csv"), None
         raise DataError(f"{path.name}: unknown file type; accepted: .jsonl, .jsonl.gz, .json, .parquet, .csv, "
                         "or a folder saved with Dataset.save_to_disk")
-    if not isinstance(source, Path) and (text.startswith("hh-rlhf") or text in ("ultrafeedback", "pku-saferlhf")):
+    if not isinstance(source, Path) and (text.startswith("hh-rlhf/") or text in ("hh-rlhf", "ultrafeedback",
+                                                                                  "pku-saferlhf")):
         named = resolve_source(text, split=split)
         if named.path is not None:
             rows = _read_jsonl(named.path) if ".jsonl" in named.path.name else _read_with_datasets(named.path, "parquet")
-            return _Rows(named.name, str(named.path), rows.unit, rows.records), named
+            return _Rows(named.name, str(named.path), rows.unit, rows.records, label=rows.name), named
         try:
             dataset = _load_hub_dataset(named.hub, **named.hub_kwargs)
         except DataError as error:
             looked = "; ".join(named.looked) or "no local copy (a split other than the published one)"
             raise DataError(f"{text}: no local copy (looked in {looked}) and the hub failed "
                             f"(load_dataset({named.hub!r}, {_kwargs_text(named.hub_kwargs)}): {error}); "
-                            "set MARS_DATA_DIR to the folder that holds it") from None
+                            f"set MARS_DATA_DIR to a folder holding {named.expected}") from None
         where = f"hub {named.hub} ({_kwargs_text(named.hub_kwargs)})"
-        return _Rows(named.name, where, "row", _dataset_records(dataset, named.name)), named
+        return _Rows(named.name, where, "row", _dataset_records(dataset, named.name, "dataset")), named
     looks_like_path = (isinstance(source, Path) or text.startswith(("/", ".", "~"))
                        or re.search(r"\.(jsonl|json|gz|parquet|csv)$", text, re.IGNORECASE))
     if not looks_like_path and re.fullmatch(r"[\w.-]+/[\w.-]+", text):
@@ -420,7 +430,7 @@ def _open_source(source, split: str | None) -> tuple[_Rows, Source | None]:
             raise DataError(f"{text}: not a file here, not a named source, and load_dataset({text!r}) failed "
                             f"({error}); give a path to a local file or folder") from None
         dataset = dataset if split else _pick_split(dataset, None, text)
-        return _Rows(text, f"hub {text}", "row", _dataset_records(dataset, text)), None
+        return _Rows(text, f"hub {text}", "row", _dataset_records(dataset, text, "dataset")), None
     raise DataError(f"{text}: no such file or folder (and not a named source: hh-rlhf/<subset>, ultrafeedback, "
                     "pku-saferlhf); check the path")
 
@@ -448,6 +458,8 @@ def _type_name(value) -> str:
         return "a list"
     if isinstance(value, dict):
         return "an object"
+    if isinstance(value, str):
+        return "a string"
     return f"a {type(value).__name__}"
 
 

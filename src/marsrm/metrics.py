@@ -207,8 +207,8 @@ class Interval:
 class PairedComparison:
     """stat(model a) - stat(model b) on the same pairs, with a paired percentile-bootstrap interval.
 
-    share_a_better: fraction of resamples in which the difference is > 0 (near 1: a is reliably better;
-    near 0.5: no evidence either way).  n: number of pairs.
+    share_a_better: fraction of resamples in which the difference is strictly > 0 (near 1: a is reliably
+    better; 1 - share_a_better works like a one-sided p-value for "a is better").  n: number of pairs.
     """
 
     estimate: float
@@ -463,7 +463,8 @@ def evaluate_margins(
     """The full evaluation report of one reward model on n held-out pairs.
 
     chosen, rejected: shape (n,), rewards on the same pairs.  chosen_lengths, rejected_lengths: optional,
-    shape (n,), response lengths.  subsets: optional, shape (n,), a subset name per pair (None = no subset).
+    shape (n,), response lengths.  subsets: optional, shape (n,), a subset name per pair; pairs whose subset
+    is None count only in the overall metrics.
     Returns a JSON-ready dict:
         n                         number of pairs
         accuracy, auc, mean_margin, margin_snr, ece
@@ -493,6 +494,10 @@ def evaluate_margins(
         if chosen_lengths.size != n:
             raise ValueError(f"chosen_lengths: expected one length per pair ({n}), got {chosen_lengths.size}")
         statistics["length_baseline_accuracy"] = (length_baseline_accuracy, [chosen_lengths, rejected_lengths])
+    if subsets is not None:
+        subsets = np.asarray(subsets, dtype=object)
+        if subsets.shape != (n,):
+            raise ValueError(f"subsets: expected one subset name per pair ({n}), got shape {subsets.shape}")
 
     report: dict = {"n": int(n)}
     replicates = _replicates(list(statistics.values()), n_resamples, seed)
@@ -500,9 +505,6 @@ def evaluate_margins(
         low, high = _percentiles(resampled, 0.95)
         report[name] = Interval(float(stat_fn(*arrays)), low, high).as_dict()
     if subsets is not None:
-        subsets = np.asarray(subsets, dtype=object)
-        if subsets.shape != (n,):
-            raise ValueError(f"subsets: expected one subset name per pair ({n}), got shape {subsets.shape}")
         per_subset = {}
         for name in dict.fromkeys(s for s in subsets if s is not None):  # first-appearance order
             member = subsets == name
@@ -529,8 +531,10 @@ def sigmoid_prime(margins) -> np.ndarray:
     margins: shape (n,).  Returns shape (n,), values in (0, 1/4], exactly 1/4 at Δ = 0.
     """
     margins = _as_scores(margins, "margins")
-    e = np.exp(-np.abs(margins))  # σ(Δ)σ(-Δ) = e^-|Δ| / (1 + e^-|Δ|)², never overflows
-    return e / (1.0 + e) ** 2
+    # σ(Δ)σ(-Δ) = 1 / (4 cosh²(Δ/2)): cosh >= 1 keeps it <= 1/4 even after rounding, and for |Δ| > ~1400,
+    # where cosh² overflows to inf, it gives 0, the true value to within 1e-300.
+    with np.errstate(over="ignore"):
+        return 0.25 / np.cosh(0.5 * margins) ** 2
 
 
 def bt_hessian(features_chosen, features_rejected, weights, l2: float = 0.0) -> np.ndarray:

@@ -121,9 +121,16 @@ class TruncationReport:
 
 def count_truncation(tokenizer, texts, responses, max_length: int) -> TruncationReport:
     """Count inputs longer than `max_length` tokens and responses that alone do not fit."""
+    from transformers.utils import logging as hf_logging
+
     special = tokenizer.num_special_tokens_to_add(pair=False)
-    text_lengths = [len(ids) for ids in tokenizer(list(texts), add_special_tokens=False)["input_ids"]]
-    response_lengths = [len(ids) for ids in tokenizer(list(responses), add_special_tokens=False)["input_ids"]]
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()  # untruncated lengths are the point here; skip the "too long" warning
+    try:
+        text_lengths = [len(ids) for ids in tokenizer(list(texts), add_special_tokens=False)["input_ids"]]
+        response_lengths = [len(ids) for ids in tokenizer(list(responses), add_special_tokens=False)["input_ids"]]
+    finally:
+        hf_logging.set_verbosity(verbosity)
     report = TruncationReport(inputs=len(text_lengths))
     for text_len, response_len in zip(text_lengths, response_lengths):
         if text_len + special > max_length:
