@@ -208,33 +208,91 @@ def evaluate_scores(pairs, chosen, rejected, *, n_resamples: int = 1000, seed: i
     return result
 
 
-class Embedded:
-    """Head mode's view of a list of pairs: their chosen and rejected embeddings, computed through the cache."""
+def _pair_margin_column(pairs) -> np.ndarray | None:
+    """TRL's per-pair `margin` column as an array (0 where a pair has none), or None when no pair has one."""
+    margins = [p.margin for p in pairs]
+    return np.array([m or 0.0 for m in margins]) if any(m is not None for m in margins) else None
 
-    def __init__(self, model: HeadRewardModel, pairs, *, progress: bool = False):
+
+class HeadLearner:
+    """Head mode in training: margins and Bradley–Terry epochs over cached embeddings of any pairs."""
+
+    def __init__(self, model: HeadRewardModel, accelerator=None, log=None, progress: bool = False):
+        self.model, self.log, self.progress = model, log, progress
+        self.accelerator = accelerator or make_accelerator()
+
+    def embed(self, pairs) -> tuple[np.ndarray, np.ndarray]:
+        """(chosen, rejected) embeddings, each (n, d), through the on-disk cache."""
         prompts = [p.prompt for p in pairs] * 2
         responses = [p.chosen for p in pairs] + [p.rejected for p in pairs]
-        both = model.embed(prompts, responses, progress=progress)
-        self.chosen, self.rejected = both[: len(pairs)], both[len(pairs):]
+        both = self.model.embed(prompts, responses, progress=self.progress)
+        return both[: len(pairs)], both[len(pairs):]
+
+    def scores(self, pairs) -> tuple[np.ndarray, np.ndarray]:
+        chosen, rejected = self.embed(pairs)
+        return self.model.score_embeddings(chosen), self.model.score_embeddings(rejected)
+
+    def margins(self, pairs) -> np.ndarray:
+        chosen, rejected = self.scores(pairs)
+        return chosen - rejected
+
+    def fit(self, pairs, optim: OptimSettings, *, weight=None, step_offset: int = 0, desc: str = "training"):
+        chosen, rejected = self.embed(pairs)
+        examples = HeadExamples(chosen, rejected, margin=_pair_margin_column(pairs), weight=weight)
+        return train_epochs(self.model.head, examples, optim, accelerator=self.accelerator, log=self.log,
+                            step_offset=step_offset, desc=desc, progress=self.progress)
+
+    def hessian(self, pairs) -> np.ndarray | None:
+        """The exact Bradley–Terry Hessian w.r.t. a linear head's weights at the current weights; None for an MLP."""
+        linear = self.model.head.linear
+        if linear is None:
+            return None
+        chosen, rejected = self.embed(pairs)
+        theta = linear.weight.detach().double().numpy()[0]
+        return metrics.bt_hessian(chosen.astype(np.float64), rejected.astype(np.float64), theta)
+
+    def load_state(self, directory: Path) -> None:
+        from safetensors.torch import load_file
+
+        self.model.head.load_state_dict(load_file(str(Path(directory) / "head.safetensors")))
 
 
-def build_model(config: TrainConfig):
-    """A fresh, untrained reward model for `config` (the head is seeded)."""
-    import torch
+class FullLearner:
+    """Full mode in training: the whole sequence-classification model scores and learns from token ids."""
 
-    spec = config.spec()
-    spec.backbone = resolve_backbone(spec.backbone)
-    if config.mode == "head":
-        from marsrm.features import Encoder
+    def __init__(self, model: FullRewardModel, accelerator=None, log=None, progress: bool = False):
+        self.model, self.log, self.progress = model, log, progress
+        self.accelerator = accelerator or make_accelerator()
 
-        encoder = Encoder(spec.backbone, max_length=spec.max_length, pooling=spec.pooling, dtype=spec.embed_dtype,
-                          trust_remote_code=spec.trust_remote_code, allow_pickle=config.allow_pickle)
-        spec.embed_dtype = encoder.dtype
-        torch.manual_seed(config.seed)
-        return HeadRewardModel(spec, ScalarHead(encoder.dim, spec.head_hidden), encoder=encoder)
-    torch.manual_seed(config.seed)
-    lora = {"r": config.lora_r, "lora_alpha": config.lora_alpha, "lora_dropout": 0.05} if config.lora_r else None
-    return new_full_model(spec, lora=lora, allow_pickle=config.allow_pickle)
+    def scores(self, pairs) -> tuple[np.ndarray, np.ndarray]:
+        return self.model.score_pairs(pairs)
+
+    def margins(self, pairs) -> np.ndarray:
+        chosen, rejected = self.scores(pairs)
+        return chosen - rejected
+
+    def fit(self, pairs, optim: OptimSettings, *, weight=None, step_offset: int = 0, desc: str = "training"):
+        summary = train_epochs(self.model.model, token_examples(self.model, pairs, weight=weight), optim,
+                               accelerator=self.accelerator, log=self.log, step_offset=step_offset, desc=desc,
+                               progress=self.progress)
+        self.model.model = self.accelerator.unwrap_model(self.model.model)
+        return summary
+
+    def hessian(self, pairs):
+        return None  # the exact Hessian is cheap only for a linear head on frozen features
+
+    def load_state(self, directory: Path) -> None:
+        from safetensors.torch import load_file
+
+        state = load_file(str(Path(directory) / "model.safetensors"))
+        missing, unexpected = self.model.model.load_state_dict(state, strict=False)
+        if unexpected:
+            raise ConfigError(f"{directory}: checkpoint does not match the model ({unexpected[:3]} …)")
+
+
+def make_learner(model, accelerator=None, log=None, progress: bool = False):
+    kind = HeadLearner if isinstance(model, HeadRewardModel) else FullLearner
+    return kind(model, accelerator=accelerator, log=log, progress=progress)
 
 
 def token_examples(model: FullRewardModel, pairs, *, weight=None) -> TokenExamples:
@@ -243,15 +301,8 @@ def token_examples(model: FullRewardModel, pairs, *, weight=None) -> TokenExampl
     chosen = format_texts(tokenizer, prompts, [p.chosen for p in pairs], model.spec.template)
     rejected = format_texts(tokenizer, prompts, [p.rejected for p in pairs], model.spec.template)
     encode = lambda texts: tokenizer(texts, truncation=True, max_length=model.spec.max_length)["input_ids"]  # noqa
-    margins = [p.margin for p in pairs]
-    margin = np.array([m or 0.0 for m in margins]) if any(m is not None for m in margins) else None
-    return TokenExamples(encode(chosen), encode(rejected), tokenizer.pad_token_id, margin=margin, weight=weight)
-
-
-def head_examples(embedded: Embedded, pairs, *, weight=None) -> HeadExamples:
-    margins = [p.margin for p in pairs]
-    margin = np.array([m or 0.0 for m in margins]) if any(m is not None for m in margins) else None
-    return HeadExamples(embedded.chosen, embedded.rejected, margin=margin, weight=weight)
+    return TokenExamples(encode(chosen), encode(rejected), tokenizer.pad_token_id,
+                         margin=_pair_margin_column(pairs), weight=weight)
 
 
 def truncation_report(model, pairs):
@@ -275,20 +326,10 @@ def train(config: TrainConfig, echo=print) -> dict:
     model = build_model(config)
     truncation = truncation_report(model, split.train + split.val + split.eval)
     echo(truncation.summary(config.max_length))
-    optim = config.optim()
     accelerator = make_accelerator(config.mixed_precision if config.mode == "full" else "no")
-
-    if config.mode == "head":
-        embedded = Embedded(model, split.train, progress=config.progress)
-        summary = train_epochs(model.head, head_examples(embedded, split.train), optim, accelerator=accelerator,
-                               log=log, progress=config.progress)
-        train_chosen = model.score_embeddings(embedded.chosen)
-        train_rejected = model.score_embeddings(embedded.rejected)
-    else:
-        summary = train_epochs(model.model, token_examples(model, split.train), optim, accelerator=accelerator,
-                               log=log, progress=config.progress)
-        model.model = accelerator.unwrap_model(model.model)
-        train_chosen, train_rejected = model.score_pairs(split.train)
+    learner = make_learner(model, accelerator=accelerator, log=log, progress=config.progress)
+    summary = learner.fit(split.train, config.optim())
+    train_chosen, train_rejected = learner.scores(split.train)
     rewards = np.concatenate([train_chosen, train_rejected])
     model.spec.normalization = {"mean": float(rewards.mean()), "std": float(rewards.std())}
 

@@ -1,0 +1,357 @@
+"""The MARS self-refinement rounds (MARS.md, "The algorithm"), with checkpoints and resume.
+
+Each round t = 1..T, with the model as the previous round left it:
+    a. margins    Δ_i = r(x_i, y_i+) − r(x_i, y_i−) on the base set
+    b. allocation q = strategy(Δ)                 (mars: softmax(−τ|Δ|), mars-signed: softmax(−τΔ), …)
+    c. budget     b_i = largest-remainder rounding of B·q_i, Σ b_i = B
+    d. sample     b_i variants from pair i's pool (without replacement while b_i allows)
+    e. train      `epochs` epochs on base ∪ sample; the weights carry over to the next round
+A fresh sample is drawn every round unless `accumulate` is set. Every round's randomness comes from
+(seed, round) alone, so a run resumed from a round's checkpoint ends exactly where an uninterrupted
+run would.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from marsrm import allocate as alloc
+from marsrm import metrics
+from marsrm.config import ConfigError, setting, to_yaml
+from marsrm.io import MetricsLog, atomic_write_json, atomic_write_text, read_jsonl
+from marsrm.pipeline import (TrainConfig, build_model, evaluate_scores, flat_values, load_split, make_learner,
+                             prepare_run_dir)
+from marsrm.train import make_accelerator
+
+# Settings that may differ between a killed run and its resumption without changing the result.
+RESUME_FREE = {"resume", "overwrite", "progress", "output", "rounds"}
+
+
+@dataclass
+class RunConfig(TrainConfig):
+    """`marsrm run`: one strategy, one seed, one run directory."""
+
+    pool: str | None = setting(None, "pool directory built by `marsrm augment` for the same data (not needed "
+                               "for --strategy none or adaboost)")
+    strategy: str = setting("mars", "allocation strategy", choices=list(alloc.STRATEGIES))
+    rounds: int = setting(5, "self-refinement rounds T")
+    budget: int = setting(2000, "synthetic pairs sampled per round B")
+    tau: float | None = setting(None, "temperature τ (mars default 0.1, mars-signed default 0.5)")
+    beta: float = setting(1.0, "adaboost: weight ∝ exp(−β·margin)")
+    accumulate: bool = setting(False, "keep every round's synthetic sample instead of drawing afresh")
+    round_resamples: int = setting(200, "bootstrap resamples for the per-round intervals")
+    resume: bool = setting(False, "continue the run in --output from its last completed round")
+    output: str = setting("runs/mars", "run directory (config.yaml, metrics.jsonl, rounds/, checkpoints/, "
+                          "model/, results.json)")
+
+    def validate(self) -> None:
+        super().validate()
+        if self.rounds < 1:
+            raise ConfigError(f"setting 'rounds': must be at least 1 (got {self.rounds})")
+        if self.budget < 0:
+            raise ConfigError(f"setting 'budget': must be ≥ 0 (got {self.budget})")
+        if self.tau is not None and self.tau < 0:
+            raise ConfigError(f"setting 'tau': must be ≥ 0 (got {self.tau})")
+        if self.beta < 0:
+            raise ConfigError(f"setting 'beta': must be ≥ 0 (got {self.beta})")
+        if self.strategy not in alloc.STRATEGIES:
+            raise ConfigError(f"setting 'strategy': unknown strategy '{self.strategy}' "
+                              f"(known: {', '.join(alloc.STRATEGIES)})")
+        if self.strategy_record.augments and self.budget > 0 and not self.pool:
+            raise ConfigError(f"setting 'pool': strategy '{self.strategy}' samples variants; build a pool with "
+                              "`marsrm augment` and pass --pool DIR")
+
+    @property
+    def strategy_record(self) -> alloc.Strategy:
+        return alloc.STRATEGIES[self.strategy]
+
+    def strategy_settings(self) -> dict:
+        defaults = self.strategy_record.defaults
+        settings = {}
+        if "tau" in defaults and self.tau is not None:
+            settings["tau"] = self.tau
+        if "beta" in defaults:
+            settings["beta"] = self.beta
+        return settings
+
+    def optim(self):
+        optim = super().optim()
+        if self.epochs is None:  # the paper trains one epoch per round
+            optim.epochs = 1.0
+        return optim
+
+
+def config_fingerprint(config: RunConfig) -> dict:
+    """The settings that determine a run's result (everything a resume must not change)."""
+    return {k: v for k, v in dataclasses.asdict(config).items() if k not in RESUME_FREE}
+
+
+# ---------------------------------------------------------------------------------------------
+# The pool as the loop sees it
+# ---------------------------------------------------------------------------------------------
+
+class BasePool:
+    """Each base pair's usable variants, flattened pair-major for `allocate.sample_variants`."""
+
+    def __init__(self, base_pairs, variants_of):
+        self.variants = [list(variants_of(pair.id)) for pair in base_pairs]
+        self.sizes = np.array([len(v) for v in self.variants], dtype=np.int64)
+
+    @classmethod
+    def empty(cls, base_pairs) -> "BasePool":
+        return cls(base_pairs, lambda _id: [])
+
+    def flat(self) -> list:
+        return [v for variants in self.variants for v in variants]
+
+    def take(self, pair_index: np.ndarray, variant_index: np.ndarray) -> list:
+        return [self.variants[i][j] for i, j in zip(pair_index.tolist(), variant_index.tolist())]
+
+
+def open_base_pool(config: RunConfig, base_pairs) -> BasePool:
+    """The pool restricted to this split's base pairs; refuses a pool built for other pairs."""
+    if not config.pool:
+        return BasePool.empty(base_pairs)
+    from marsrm.pool import open_pool
+
+    pool = open_pool(config.pool)
+    base = BasePool(base_pairs, pool.variants)
+    covered = int((base.sizes > 0).sum())
+    if covered == 0:
+        raise ConfigError(f"setting 'pool': {config.pool} holds no variants for any of the {len(base_pairs)} base "
+                          f"pairs (e.g. {base_pairs[0].id}); it was built for other pairs — run `marsrm augment` "
+                          "with the same --data, --train-size and --seed")
+    for pair, variants in zip(base_pairs, base.variants):
+        for variant in variants[:1]:
+            if variant.meta.get("source_hash") not in (None, pair_text_hash(pair)):
+                raise ConfigError(f"setting 'pool': {config.pool} was built from a different text for pair "
+                                  f"{pair.id}; rebuild it for this data")
+    return base
+
+
+def pair_text_hash(pair) -> str:
+    payload = json.dumps([list(map(dict, pair.prompt)), pair.chosen, pair.rejected], ensure_ascii=False)
+    return hashlib.sha256(payload.encode("utf-8")).hexdigest()[:16]
+
+
+def flip(pair):
+    """The same pair with chosen and rejected swapped (a pseudo-label that disagrees with the source)."""
+    return dataclasses.replace(pair, chosen=pair.rejected, rejected=pair.chosen,
+                               meta={**pair.meta, "pseudo_label": "swapped"})
+
+
+# ---------------------------------------------------------------------------------------------
+# The run
+# ---------------------------------------------------------------------------------------------
+
+def run(config: RunConfig, echo=print) -> dict:
+    """Run `marsrm run`: T rounds of margins → allocation → sample → train; returns results.json's dict."""
+    config.validate()
+    run_dir = Path(config.output)
+    start_round = 1
+    if config.resume:
+        start_round = _resume_point(config, run_dir)
+        echo(f"resuming {run_dir} at round {start_round}")
+    else:
+        prepare_run_dir(run_dir, config.overwrite)
+        atomic_write_text(run_dir / "config.yaml", to_yaml(config))
+        atomic_write_json(run_dir / "fingerprint.json", config_fingerprint(config))
+
+    split, reports = load_split(config, echo)
+    base = split.train
+    pool = open_base_pool(config, base)
+    if config.pool:
+        echo(f"pool: {int(pool.sizes.sum())} variants for {int((pool.sizes > 0).sum())}/{len(base)} base pairs")
+    strategy = config.strategy_record
+    settings = config.strategy_settings()
+    optim = config.optim()
+
+    log = MetricsLog(run_dir)
+    model = build_model(config)
+    accelerator = make_accelerator(config.mixed_precision if config.mode == "full" else "no")
+    learner = make_learner(model, accelerator=accelerator, log=log, progress=config.progress)
+    accumulated: list = []
+    if start_round > 1:
+        learner.load_state(run_dir / "checkpoints" / f"round-{start_round - 1}")
+        accumulated = _load_accumulated(run_dir, start_round - 1, pool) if config.accumulate else []
+
+    step = 0
+    for round_ in range(start_round, config.rounds + 1):
+        rng = np.random.default_rng([config.seed, round_])
+        started = time.perf_counter()
+
+        margins = learner.margins(base)                                                    # a. margins
+        counts = alloc.allocate(config.strategy, margins, config.budget if strategy.augments else 0, rng,
+                                available=pool.sizes > 0 if strategy.augments else None, **settings)  # b, c
+        variant_margins = learner.margins(pool.flat()) if strategy.selects_by_variant_margin and counts.any() \
+            else None
+        pair_index, variant_index = alloc.sample_variants(                                  # d. sample
+            counts, pool.sizes, rng, variant_margins=variant_margins,
+            order=strategy.sampling_order if variant_margins is not None else "random")
+        sample = pool.take(pair_index, variant_index)
+        swapped = 0
+        if strategy.pseudo_labels and sample:
+            keep = alloc.pseudo_label(learner.margins(sample))
+            swapped = int((~keep).sum())
+            sample = [v if k else flip(v) for v, k in zip(sample, keep)]
+        accumulated = accumulated + sample if config.accumulate else sample
+        training = base + accumulated
+        weight = None
+        if strategy.reweights_base:
+            weight = np.concatenate([alloc.adaboost_weights(margins, beta=config.beta),
+                                     np.ones(len(accumulated))])
+        allocation_seconds = time.perf_counter() - started
+
+        curvature = _curvature(learner, training)
+        round_optim = dataclasses.replace(optim, seed=config.seed * 1000 + round_)
+        torch.manual_seed(round_optim.seed)
+        trained = learner.fit(training, round_optim, weight=weight, step_offset=step,          # e. train
+                              desc=f"round {round_}/{config.rounds}")
+        step += trained["steps"]
+
+        record = {"event": "round", "round": round_, "strategy": config.strategy, "seed": config.seed,
+                  **margin_statistics(margins), "allocation_entropy": alloc.allocation_entropy(counts),
+                  "effective_sample_size": alloc.effective_sample_size(counts),
+                  "lowest_decile_budget_share": alloc.lowest_margin_decile_share(margins, counts),
+                  "synthetic_pairs": len(accumulated), "pseudo_label_swaps": swapped, **curvature,
+                  "allocation_seconds": allocation_seconds, "train_seconds": trained["seconds"],
+                  "train_pairs_per_s": trained["pairs_per_s"]}
+        for name, pairs in (("val", split.val), ("eval", split.eval)):
+            if pairs:
+                chosen, rejected = learner.scores(pairs)
+                scored = evaluate_scores(pairs, chosen, rejected, n_resamples=config.round_resamples,
+                                         seed=config.seed)
+                record.update({f"{name}_{k}": v for k, v in flat_values(scored).items()})
+        _save_round(run_dir, round_, margins, counts, pair_index, variant_index, swapped=(
+            [v.id for v in sample if v.meta.get("pseudo_label") == "swapped"]))
+        model.save(run_dir / "checkpoints" / f"round-{round_}")
+        log.log(record, step=round_)
+        echo(_round_line(record))
+
+    results = _finish(config, run_dir, learner, model, split, reports)
+    log.close()
+    return results
+
+
+def margin_statistics(margins: np.ndarray) -> dict:
+    """Summary of the base-set margins Δ at the start of a round."""
+    return {"margin_mean": float(np.mean(margins)), "margin_std": float(np.std(margins)),
+            "margin_median": float(np.median(margins)), "mis_ranked": float(np.mean(margins <= 0)),
+            "margin_abs_mean": float(np.mean(np.abs(margins)))}
+
+
+def _curvature(learner, training) -> dict:
+    """Mean σ'(Δ) over the round's training pairs, and the head's exact BT Hessian spectrum where linear."""
+    margins = learner.margins(training)
+    summary = {"mean_sigmoid_prime": float(np.mean(metrics.sigmoid_prime(margins)))}
+    hessian = learner.hessian(training)
+    if hessian is not None:
+        spectrum = metrics.curvature_summary(hessian)
+        summary.update({f"hessian_{k}": v for k, v in spectrum.items() if k != "mean_sigmoid_prime"})
+    return summary
+
+
+def _round_line(record: dict) -> str:
+    parts = [f"round {record['round']}", f"mis-ranked {record['mis_ranked']:.3f}",
+             f"entropy {record['allocation_entropy']:.2f}", f"mean σ' {record['mean_sigmoid_prime']:.4f}"]
+    for name in ("val_accuracy", "eval_accuracy"):
+        if name in record:
+            parts.append(f"{name.replace('_', ' ')} {record[name]:.4f}")
+    return " · ".join(parts)
+
+
+def _save_round(run_dir: Path, round_: int, margins, counts, pair_index, variant_index, swapped) -> None:
+    """Per-round arrays for plots and resume: margins, budgets and the sampled (pair, variant) indices."""
+    def write(tmp):
+        with open(tmp, "wb") as handle:
+            np.savez(handle, margins=margins, counts=counts, pair_index=pair_index, variant_index=variant_index)
+
+    from marsrm.io import atomic_write
+
+    atomic_write(run_dir / "rounds" / f"round-{round_}.npz", write)
+    if swapped:
+        atomic_write_json(run_dir / "rounds" / f"round-{round_}-swapped.json", swapped)
+
+
+def _load_accumulated(run_dir: Path, last_round: int, pool: BasePool) -> list:
+    sample = []
+    for round_ in range(1, last_round + 1):
+        saved = np.load(run_dir / "rounds" / f"round-{round_}.npz")
+        taken = pool.take(saved["pair_index"], saved["variant_index"])
+        swapped_file = run_dir / "rounds" / f"round-{round_}-swapped.json"
+        swapped = set(json.loads(swapped_file.read_text())) if swapped_file.exists() else set()
+        sample += [flip(v) if v.id in swapped else v for v in taken]
+    return sample
+
+
+def _resume_point(config: RunConfig, run_dir: Path) -> int:
+    """The first round still to run; refuses a directory made with different settings."""
+    fingerprint_file = run_dir / "fingerprint.json"
+    if not fingerprint_file.exists():
+        raise ConfigError(f"setting 'resume': {run_dir} holds no run to resume (no fingerprint.json)")
+    saved = json.loads(fingerprint_file.read_text())
+    current = json.loads(json.dumps(config_fingerprint(config)))
+    changed = sorted(k for k in set(saved) | set(current) if saved.get(k) != current.get(k))
+    if changed:
+        details = ", ".join(f"{k}: {saved.get(k)!r} → {current.get(k)!r}" for k in changed[:5])
+        raise ConfigError(f"setting 'resume': {run_dir} was made with other settings ({details}); resume with "
+                          "the same settings or start a new --output")
+    done = 0
+    while (run_dir / "checkpoints" / f"round-{done + 1}" / "marsrm.json").exists() and \
+            (run_dir / "rounds" / f"round-{done + 1}.npz").exists():
+        done += 1
+    # Forget log lines of a round that was cut short: it will run again.
+    metrics_file = run_dir / "metrics.jsonl"
+    if metrics_file.exists():
+        kept = [r for r in _read_metrics_tolerant(metrics_file) if r.get("event") != "round" or r["round"] <= done]
+        kept = [r for r in kept if r.get("event") == "round"]
+        atomic_write_text(metrics_file, "".join(json.dumps(r) + "\n" for r in kept))
+    shutil.rmtree(run_dir / "tensorboard", ignore_errors=True)
+    for stale in (run_dir / "model", run_dir / "results.json"):
+        if stale.is_dir():
+            shutil.rmtree(stale)
+        elif stale.exists():
+            stale.unlink()
+    return done + 1
+
+
+def _read_metrics_tolerant(path: Path) -> list[dict]:
+    """metrics.jsonl, ignoring a last line cut off by a kill."""
+    records = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError:
+            break
+    return records
+
+
+def _finish(config: RunConfig, run_dir: Path, learner, model, split, reports) -> dict:
+    """Final evaluation with full intervals, the saved model, per-pair held-out margins, results.json."""
+    results = {"strategy": config.strategy, "seed": config.seed, "mode": config.mode, "rounds": config.rounds,
+               "budget": config.budget, "base_pairs": len(split.train), "data": reports}
+    train_chosen, train_rejected = learner.scores(split.train)
+    rewards = np.concatenate([train_chosen, train_rejected])
+    model.spec.normalization = {"mean": float(rewards.mean()), "std": float(rewards.std())}
+    for name, pairs in (("val", split.val), ("eval", split.eval)):
+        if pairs:
+            chosen, rejected = learner.scores(pairs)
+            results[name] = evaluate_scores(pairs, chosen, rejected, n_resamples=config.n_resamples,
+                                            seed=config.seed)
+            margins_file = run_dir / f"{name}_margins.npy"
+            from marsrm.io import atomic_write
+
+            atomic_write(margins_file, lambda tmp, m=chosen - rejected: np.save(open(tmp, "wb"), m))
+            atomic_write_json(run_dir / f"{name}_ids.json", [p.id for p in pairs])
+    model.save(run_dir / "model")
+    results["rounds_log"] = [r for r in read_jsonl(run_dir / "metrics.jsonl") if r.get("event") == "round"]
+    atomic_write_json(run_dir / "results.json", results)
+    return results
