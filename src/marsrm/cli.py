@@ -26,6 +26,8 @@ class ExportConfig:
 
 def _commands():
     from marsrm import pipeline
+    from marsrm.compare import CompareConfig
+    from marsrm.loop import RunConfig
 
     demo_config = dataclasses.make_dataclass(
         "DemoConfig", [("output", str, dataclasses.field(default="runs/demo", metadata={"help": "run directory"})),
@@ -37,6 +39,9 @@ def _commands():
     return {
         "train": (pipeline.TrainConfig, run_train, "train a reward model on preference pairs"),
         "eval": (pipeline.EvalConfig, run_eval, "evaluate a saved reward model on preference pairs"),
+        "run": (RunConfig, run_loop, "MARS rounds with one strategy and one seed"),
+        "compare": (CompareConfig, run_compare, "strategies side by side over seeds: paired intervals, plots, "
+                    "report.md"),
         "demo": (demo_config, run_demo, "the main job on the embedded default data"),
         "export": (ExportConfig, run_export, "head-mode model → standard AutoModelForSequenceClassification directory"),
     }
@@ -56,6 +61,22 @@ def run_train(config) -> None:
 def run_demo(config) -> None:
     run_train(config)
     print(f"run directory: {config.output} (config.yaml, metrics.jsonl, tensorboard/, model/, results.json)")
+
+
+def run_loop(config) -> None:
+    from marsrm import pipeline
+    from marsrm.loop import run
+
+    results = run(config)
+    if "eval" in results:
+        print(pipeline.format_table(results["eval"], f"held-out after {config.rounds} rounds of {config.strategy}"))
+    print(f"run directory: {config.output}")
+
+
+def run_compare(config) -> None:
+    from marsrm.compare import compare
+
+    compare(config)
 
 
 def run_eval(config) -> None:

@@ -55,6 +55,12 @@ class DataSettings:
     eval_data: str | None = setting(None, "a separate source for the held-out pairs (then nothing is held out "
                                     "from --data)")
     seed: int = setting(0, "seed for the split, the initialisation and the batch order")
+    split_seed: int | None = setting(None, "seed for the split alone (default: --seed); keeps the split fixed "
+                                     "while --seed varies")
+
+    @property
+    def data_seed(self) -> int:
+        return self.seed if self.split_seed is None else self.split_seed
 
     def load_kwargs(self) -> dict:
         return dict(format=self.format, prompt_field=self.prompt_field, chosen_field=self.chosen_field,
@@ -181,14 +187,14 @@ def load_split(config: DataSettings, echo=print) -> tuple[data_mod.Split, dict]:
         echo(held.report.summary())
         reports["eval_data"] = held.report.to_dict()
         split = data_mod.split_pairs(loaded.pairs, train_size=config.train_size, eval_size=0,
-                                     val_size=config.val_size, seed=config.seed)
+                                     val_size=config.val_size, seed=config.data_seed)
         eval_pairs = held.pairs if config.eval_size is None else data_mod.split_pairs(
-            held.pairs, train_size=config.eval_size, eval_size=0, seed=config.seed).train
+            held.pairs, train_size=config.eval_size, eval_size=0, seed=config.data_seed).train
         split = dataclasses.replace(split, eval=eval_pairs)
     else:
         split = data_mod.split_pairs(loaded.pairs, train_size=config.train_size, eval_size=config.eval_size,
-                                     val_size=config.val_size, seed=config.seed)
-    echo(f"split (seed {config.seed}): {len(split.train)} train, {len(split.val)} validation, "
+                                     val_size=config.val_size, seed=config.data_seed)
+    echo(f"split (seed {config.data_seed}): {len(split.train)} train, {len(split.val)} validation, "
          f"{len(split.eval)} held out")
     return split, reports
 
@@ -206,6 +212,24 @@ def evaluate_scores(pairs, chosen, rejected, *, n_resamples: int = 1000, seed: i
         rejected_lengths=np.array([len(p.rejected) for p in pairs]),
         subsets=subsets if any(s is not None for s in subsets) else None, n_resamples=n_resamples, seed=seed)
     return result
+
+
+def build_model(config: TrainConfig):
+    """A fresh, untrained reward model for `config` (the head is seeded)."""
+    import torch
+
+    spec = config.spec()
+    spec.backbone = resolve_backbone(spec.backbone)
+    torch.manual_seed(config.seed)
+    if config.mode == "head":
+        from marsrm.features import Encoder
+
+        encoder = Encoder(spec.backbone, max_length=spec.max_length, pooling=spec.pooling, dtype=spec.embed_dtype,
+                          trust_remote_code=spec.trust_remote_code, allow_pickle=config.allow_pickle)
+        spec.embed_dtype = encoder.dtype
+        return HeadRewardModel(spec, ScalarHead(encoder.dim, spec.head_hidden), encoder=encoder)
+    lora = {"r": config.lora_r, "lora_alpha": config.lora_alpha, "lora_dropout": 0.05} if config.lora_r else None
+    return new_full_model(spec, lora=lora, allow_pickle=config.allow_pickle)
 
 
 def _pair_margin_column(pairs) -> np.ndarray | None:
@@ -359,7 +383,7 @@ def evaluate(config: EvalConfig, echo=print) -> dict:
     pairs = loaded.pairs
     if config.train_size or config.eval_size:
         pairs = data_mod.split_pairs(pairs, train_size=config.train_size or 0, eval_size=config.eval_size,
-                                     seed=config.seed).eval
+                                     seed=config.data_seed).eval
     if not pairs:
         raise ConfigError("setting 'data': no pairs left to evaluate")
     result = evaluate_model(model, pairs, n_resamples=config.n_resamples, seed=config.seed,

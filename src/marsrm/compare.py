@@ -1,0 +1,193 @@
+"""`marsrm compare`: every strategy × every seed on the same split and pool, then paired statistics.
+
+The split (and so the pool and the held-out pairs) is fixed by `--split-seed` (default `--seed`); each
+training seed s = seed, seed+1, … changes the head's initialisation, batch order and round sampling.
+Strategies are compared with each other on the SAME held-out pairs: for each pair, the share of seeds
+whose model ranks it right, differenced between two strategies and bootstrapped over pairs.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from marsrm import allocate as alloc
+from marsrm import metrics
+from marsrm.config import ConfigError, setting, to_yaml
+from marsrm.io import atomic_write_json, atomic_write_text
+from marsrm.loop import RunConfig, open_base_pool, run
+from marsrm.pipeline import load_split, prepare_run_dir
+
+METRICS = ("accuracy", "auc", "mean_margin", "margin_snr", "ece")
+
+
+@dataclass
+class CompareConfig(RunConfig):
+    """`marsrm compare`: strategies side by side over several seeds, with paired intervals and plots."""
+
+    strategies: list[str] = setting(["none", "uniform", "west-of-n", "mars", "mars-signed"],
+                                    "comma-separated strategies to compare")
+    seeds: int = setting(5, "training seeds per strategy (seed, seed+1, …)")
+    baseline: str = setting("uniform", "strategy every other one is compared against, pair by pair")
+    workers: int = setting(0, "parallel processes; 0 = one per 2 CPU cores, at most one per run")
+    output: str = setting("runs/compare", "directory: one run per strategy and seed, plus report.md and plots")
+
+    def validate(self) -> None:
+        unknown = [s for s in self.strategies if s not in alloc.STRATEGIES]
+        if unknown:
+            raise ConfigError(f"setting 'strategies': unknown strategy '{unknown[0]}' "
+                              f"(known: {', '.join(alloc.STRATEGIES)})")
+        if not self.strategies:
+            raise ConfigError("setting 'strategies': name at least one strategy")
+        if self.seeds < 1:
+            raise ConfigError(f"setting 'seeds': must be at least 1 (got {self.seeds})")
+        if self.baseline not in self.strategies:
+            raise ConfigError(f"setting 'baseline': '{self.baseline}' is not among --strategies")
+        if self.workers < 0:
+            raise ConfigError(f"setting 'workers': must be ≥ 0 (got {self.workers})")
+        for name in self.strategies:
+            dataclasses.replace(self.run_config(name, self.seed), output="x").validate()
+
+    def run_config(self, strategy: str, seed: int) -> RunConfig:
+        fields = {f.name for f in dataclasses.fields(RunConfig)}
+        values = {k: v for k, v in dataclasses.asdict(self).items() if k in fields}
+        values.update(strategy=strategy, seed=seed, split_seed=self.data_seed, progress=False,
+                      output=str(Path(self.output) / strategy / f"seed-{seed}"))
+        return RunConfig(**values)
+
+
+def _run_one(config: RunConfig) -> tuple[str, int, str]:
+    import torch
+
+    torch.set_num_threads(max(1, int(os.environ.get("MARSRM_THREADS", "1"))))
+    results_file = Path(config.output) / "results.json"
+    if results_file.exists():
+        return config.strategy, config.seed, "done before"
+    resumable = (Path(config.output) / "fingerprint.json").exists()
+    run(dataclasses.replace(config, resume=resumable, overwrite=not resumable), echo=lambda *_: None)
+    return config.strategy, config.seed, "resumed" if resumable else "ran"
+
+
+def compare(config: CompareConfig, echo=print) -> dict:
+    """Run every (strategy, seed), then write summary.json, report.md and the plots into `output`."""
+    config.validate()
+    out = Path(config.output)
+    if not config.resume:
+        prepare_run_dir(out, config.overwrite)
+    atomic_write_text(out / "config.yaml", to_yaml(config))
+    jobs = [config.run_config(s, config.seed + k) for s in config.strategies for k in range(config.seeds)]
+
+    _prewarm(config, echo)
+    workers = config.workers or max(1, min(len(jobs), (os.cpu_count() or 2) // 2))
+    echo(f"{len(jobs)} runs ({len(config.strategies)} strategies × {config.seeds} seeds) on {workers} process(es)")
+    if workers == 1:
+        for job in jobs:
+            echo("{} seed {}: {}".format(*_run_one(job)))
+    else:
+        import multiprocessing
+
+        os.environ.setdefault("MARSRM_THREADS", str(max(1, (os.cpu_count() or 2) // workers)))
+        with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+            futures = [pool.submit(_run_one, job) for job in jobs]
+            for future in as_completed(futures):
+                echo("{} seed {}: {}".format(*future.result()))
+
+    summary = summarise(config)
+    atomic_write_json(out / "summary.json", summary)
+    from marsrm.report import write_report
+
+    report = write_report(config, summary)
+    echo(format_summary(summary))
+    echo(f"report: {report}")
+    return summary
+
+
+def _prewarm(config: CompareConfig, echo) -> None:
+    """Head mode: embed base, held-out and pool texts once, so parallel runs only read the cache."""
+    if config.mode != "head":
+        return
+    from marsrm.loop import BasePool
+    from marsrm.pipeline import build_model, make_learner
+
+    split, _ = load_split(config, echo)
+    needs_pool = any(alloc.STRATEGIES[s].augments for s in config.strategies) and config.budget > 0
+    pool = open_base_pool(config, split.train) if needs_pool else BasePool.empty(split.train)
+    learner = make_learner(build_model(config), progress=config.progress)
+    everything = split.train + split.val + split.eval + pool.flat()
+    echo(f"embedding {2 * len(everything)} texts (cached for every run)")
+    learner.embed(everything)
+
+
+def _seed_interval(values: np.ndarray, level: float = 0.95) -> dict:
+    """Mean and Student-t interval over seeds."""
+    from scipy import stats
+
+    values = np.asarray(values, dtype=np.float64)
+    mean = float(values.mean())
+    if len(values) < 2:
+        return {"mean": mean, "low": mean, "high": mean, "n": len(values)}
+    half = float(stats.t.ppf(0.5 + level / 2, len(values) - 1) * values.std(ddof=1) / np.sqrt(len(values)))
+    return {"mean": mean, "low": mean - half, "high": mean + half, "n": len(values)}
+
+
+def load_runs(config: CompareConfig) -> dict:
+    """{strategy: [results.json dict per seed]} with the held-out margins attached as `eval_margins`."""
+    runs = {}
+    for strategy in config.strategies:
+        runs[strategy] = []
+        for k in range(config.seeds):
+            run_dir = Path(config.output) / strategy / f"seed-{config.seed + k}"
+            results = json.loads((run_dir / "results.json").read_text())
+            results["eval_margins"] = np.load(run_dir / "eval_margins.npy")
+            results["eval_ids"] = json.loads((run_dir / "eval_ids.json").read_text())
+            results["run_dir"] = str(run_dir)
+            runs[strategy].append(results)
+    return runs
+
+
+def summarise(config: CompareConfig) -> dict:
+    """Per-strategy metrics over seeds, and each strategy against the baseline on the same held-out pairs."""
+    runs = load_runs(config)
+    ids = runs[config.baseline][0]["eval_ids"]
+    for strategy, results in runs.items():
+        if any(r["eval_ids"] != ids for r in results):
+            raise ConfigError(f"{strategy}: held-out pairs differ between runs; were they made with other data?")
+    summary = {"baseline": config.baseline, "seeds": config.seeds, "eval_pairs": len(ids), "strategies": {}}
+    # Per pair: the share of seeds that rank it right. Differences of these are paired by construction.
+    correct = {s: np.mean([r["eval_margins"] > 0 for r in results], axis=0) for s, results in runs.items()}
+    for strategy, results in runs.items():
+        entry = {name: _seed_interval([r["eval"][name]["value"] for r in results]) for name in METRICS}
+        entry["length_baseline_accuracy"] = results[0]["eval"].get("length_baseline_accuracy", {}).get("value")
+        if "val" in results[0]:
+            entry["val_accuracy"] = _seed_interval([r["val"]["accuracy"]["value"] for r in results])
+        if strategy != config.baseline:
+            difference = correct[strategy] - correct[config.baseline]
+            interval = metrics.bootstrap_ci(np.mean, difference, n_resamples=config.n_resamples, seed=config.seed)
+            ours = [r["eval"]["accuracy"]["value"] for r in results]
+            theirs = [r["eval"]["accuracy"]["value"] for r in runs[config.baseline]]
+            entry["vs_baseline"] = {"accuracy_difference": interval.as_dict(),
+                                    "seeds_won": float(np.mean(np.array(ours) > np.array(theirs))),
+                                    "seeds_tied": float(np.mean(np.array(ours) == np.array(theirs)))}
+        summary["strategies"][strategy] = entry
+    return summary
+
+
+def format_summary(summary: dict) -> str:
+    lines = [f"held-out pairs: {summary['eval_pairs']} · seeds: {summary['seeds']} · "
+             f"paired against: {summary['baseline']}",
+             f"{'strategy':<13}{'accuracy (95% over seeds)':<30}{'auc':>8}{'Δacc vs ' + summary['baseline']:>20}"
+             f"{'95% paired':>22}{'seeds won':>11}"]
+    for name, entry in summary["strategies"].items():
+        acc, auc = entry["accuracy"], entry["auc"]
+        line = f"{name:<13}{acc['mean']:.4f} [{acc['low']:.4f}, {acc['high']:.4f}]{'':<6}{auc['mean']:>8.4f}"
+        if "vs_baseline" in entry:
+            diff = entry["vs_baseline"]["accuracy_difference"]
+            interval = f"[{diff['low']:+.4f}, {diff['high']:+.4f}]"
+            line += f"{diff['value']:>+20.4f}{interval:>22}{entry['vs_baseline']['seeds_won']:>11.2f}"
+        lines.append(line)
+    return "\n".join(lines)

@@ -1,0 +1,161 @@
+"""Plots and the markdown report of a `marsrm compare` directory."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from marsrm.io import atomic_write, atomic_write_text
+
+
+def _rounds(run_dir: str) -> list[dict]:
+    records = []
+    for line in (Path(run_dir) / "metrics.jsonl").read_text().splitlines():
+        record = json.loads(line)
+        if record.get("event") == "round":
+            records.append(record)
+    return sorted(records, key=lambda r: r["round"])
+
+
+def _save(fig, path: Path) -> str:
+    atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight"))
+    return path.name
+
+
+def _per_round(runs: list[dict], key: str) -> np.ndarray | None:
+    """(seeds, rounds) array of `key` from each run's round records; None when absent."""
+    table = [[r.get(key) for r in _rounds(run["run_dir"])] for run in runs]
+    if not table or any(v is None for row in table for v in row):
+        return None
+    return np.array(table, dtype=np.float64)
+
+
+def plot_accuracy(runs: dict, out: Path) -> str:
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4), sharey=True)
+    for ax, key, title in ((axes[0], "val_accuracy", "validation"), (axes[1], "eval_accuracy", "held-out")):
+        for strategy, results in runs.items():
+            values = _per_round(results, key)
+            if values is None:
+                continue
+            rounds = np.arange(1, values.shape[1] + 1)
+            mean = values.mean(0)
+            ax.plot(rounds, mean, marker="o", label=strategy)
+            if len(values) > 1:
+                ax.fill_between(rounds, values.min(0), values.max(0), alpha=0.15)
+        ax.set_title(f"{title} accuracy after each round (band: min–max over seeds)")
+        ax.set_xlabel("round")
+        ax.grid(alpha=0.3)
+    axes[0].set_ylabel("pairwise accuracy")
+    axes[1].legend()
+    name = _save(fig, out / "accuracy_per_round.png")
+    plt.close(fig)
+    return name
+
+
+def plot_margins(runs: dict, out: Path) -> str:
+    """Base-set margin distributions at the start of each round, one panel per strategy (first seed)."""
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(runs), figsize=(3.2 * len(runs), 3.6), sharey=True, squeeze=False)
+    for ax, (strategy, results) in zip(axes[0], runs.items()):
+        run_dir = Path(results[0]["run_dir"])
+        files = sorted((run_dir / "rounds").glob("round-*.npz"), key=lambda p: int(p.stem.split("-")[1]))
+        data = [np.load(f)["margins"] for f in files]
+        ax.boxplot(data, showfliers=False)
+        ax.axhline(0, color="grey", lw=0.8)
+        ax.set_title(strategy)
+        ax.set_xlabel("round")
+    axes[0][0].set_ylabel("margin Δ on the base pairs")
+    name = _save(fig, out / "margins_per_round.png")
+    plt.close(fig)
+    return name
+
+
+def plot_budget(runs: dict, out: Path) -> str:
+    """Budget each base pair got against its margin, in the last round (first seed)."""
+    import matplotlib.pyplot as plt
+
+    augmenting = {s: r for s, r in runs.items() if r[0].get("budget")}
+    fig, axes = plt.subplots(1, max(1, len(augmenting)), figsize=(3.4 * max(1, len(augmenting)), 3.4),
+                             squeeze=False)
+    for ax, (strategy, results) in zip(axes[0], augmenting.items()):
+        run_dir = Path(results[0]["run_dir"])
+        last = max((run_dir / "rounds").glob("round-*.npz"), key=lambda p: int(p.stem.split("-")[1]))
+        saved = np.load(last)
+        ax.scatter(saved["margins"], saved["counts"], s=6, alpha=0.5)
+        ax.set_title(f"{strategy} ({last.stem})")
+        ax.set_xlabel("margin Δ")
+    axes[0][0].set_ylabel("synthetic pairs allocated")
+    name = _save(fig, out / "budget_vs_margin.png")
+    plt.close(fig)
+    return name
+
+
+def plot_curvature(runs: dict, out: Path) -> str:
+    import matplotlib.pyplot as plt
+
+    keys = [("mean_sigmoid_prime", "mean σ'(Δ) over the round's training pairs"),
+            ("hessian_smallest_nonzero_eigenvalue", "Hessian: smallest non-zero eigenvalue"),
+            ("hessian_condition_number", "Hessian: condition number")]
+    fig, axes = plt.subplots(1, len(keys), figsize=(15, 3.8))
+    for ax, (key, title) in zip(axes, keys):
+        for strategy, results in runs.items():
+            values = _per_round(results, key)
+            if values is not None:
+                ax.plot(np.arange(1, values.shape[1] + 1), values.mean(0), marker="o", label=strategy)
+        ax.set_title(title, fontsize=10)
+        ax.set_xlabel("round")
+        ax.grid(alpha=0.3)
+    axes[-1].set_yscale("log")
+    axes[0].legend(fontsize=8)
+    name = _save(fig, out / "curvature_per_round.png")
+    plt.close(fig)
+    return name
+
+
+def write_report(config, summary: dict) -> Path:
+    """Plots + report.md in `config.output`; returns the report's path."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from marsrm.compare import format_summary, load_runs
+
+    out = Path(config.output)
+    runs = load_runs(config)
+    plots = [plot_accuracy(runs, out), plot_margins(runs, out), plot_budget(runs, out), plot_curvature(runs, out)]
+    baseline = summary["baseline"]
+    lines = [f"# marsrm compare: {', '.join(config.strategies)}", "",
+             f"Data `{config.data}` (split seed {config.data_seed}: {runs[baseline][0]['base_pairs']} base pairs, "
+             f"{summary['eval_pairs']} held out) · mode `{config.mode}` · backbone `{config.backbone}` · "
+             f"{config.rounds} rounds · budget {config.budget} per round · seeds {config.seed}–"
+             f"{config.seed + config.seeds - 1} · pool `{config.pool}`", "",
+             "## Held-out metrics (mean over seeds, 95% Student-t interval over seeds)", "",
+             "| strategy | accuracy | ROC-AUC | mean margin | margin SNR | ECE | validation accuracy |",
+             "|---|---|---|---|---|---|---|"]
+    cell = lambda e: f"{e['mean']:.4f} [{e['low']:.4f}, {e['high']:.4f}]"  # noqa: E731
+    for strategy, entry in summary["strategies"].items():
+        val = cell(entry["val_accuracy"]) if "val_accuracy" in entry else "—"
+        lines.append(f"| {strategy} | {cell(entry['accuracy'])} | {cell(entry['auc'])} | "
+                     f"{cell(entry['mean_margin'])} | {cell(entry['margin_snr'])} | {cell(entry['ece'])} | {val} |")
+    length = next(iter(summary["strategies"].values())).get("length_baseline_accuracy")
+    if length is not None:
+        lines += ["", f"“Longer response wins” on the same held-out pairs: accuracy {length:.4f}."]
+    lines += ["", f"## Paired against `{baseline}` on the same held-out pairs", "",
+              "Per pair, the share of seeds that rank it right; the difference between two strategies is "
+              "bootstrapped over pairs (95%). “Seeds won”: share of seeds whose accuracy beats the baseline's "
+              "with the same seed.", "",
+              "| strategy | Δ accuracy | 95% paired interval | seeds won |", "|---|---|---|---|"]
+    for strategy, entry in summary["strategies"].items():
+        if "vs_baseline" in entry:
+            diff = entry["vs_baseline"]["accuracy_difference"]
+            lines.append(f"| {strategy} | {diff['value']:+.4f} | [{diff['low']:+.4f}, {diff['high']:+.4f}] | "
+                         f"{entry['vs_baseline']['seeds_won']:.2f} |")
+    lines += ["", "## Plots", ""] + [f"![{p}]({p})" for p in plots]
+    lines += ["", "## Runs", "", "Each run directory holds config.yaml, metrics.jsonl (one line per round), "
+              "rounds/round-T.npz (margins, budgets, sampled variants), checkpoints/, model/ and results.json.", ""]
+    lines += [f"- `{Path(r['run_dir']).relative_to(out)}`" for results in runs.values() for r in results]
+    lines += ["", "```", format_summary(summary), "```", ""]
+    return atomic_write_text(out / "report.md", "\n".join(lines))
