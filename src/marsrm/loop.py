@@ -65,9 +65,6 @@ class RunConfig(TrainConfig):
         if self.strategy not in alloc.STRATEGIES:
             raise ConfigError(f"setting 'strategy': unknown strategy '{self.strategy}' "
                               f"(known: {', '.join(alloc.STRATEGIES)})")
-        if self.strategy_record.augments and self.budget > 0 and not self.pool:
-            raise ConfigError(f"setting 'pool': strategy '{self.strategy}' samples variants; build a pool with "
-                              "`marsrm augment` and pass --pool DIR")
 
     @property
     def strategy_record(self) -> alloc.Strategy:
@@ -87,6 +84,10 @@ class RunConfig(TrainConfig):
         if self.epochs is None:  # the paper trains one epoch per round
             optim.epochs = 1.0
         return optim
+
+
+def strategy_needs_pool(config: RunConfig) -> bool:
+    return config.strategy_record.augments and config.budget > 0
 
 
 def config_fingerprint(config: RunConfig) -> dict:
@@ -116,13 +117,17 @@ class BasePool:
         return [self.variants[i][j] for i, j in zip(pair_index.tolist(), variant_index.tolist())]
 
 
-def open_base_pool(config: RunConfig, base_pairs) -> BasePool:
-    """The pool restricted to this split's base pairs; refuses a pool built for other pairs."""
-    if not config.pool:
-        return BasePool.empty(base_pairs)
-    from marsrm.pool import open_pool
+def open_base_pool(config: RunConfig, base_pairs, pool=None) -> BasePool:
+    """The pool restricted to this split's base pairs; refuses a pool built for other pairs.
 
-    pool = open_pool(config.pool)
+    pool: any object with `variants(pair_id) -> list[PreferencePair]`; default: `open_pool(config.pool)`.
+    """
+    if pool is None and not config.pool:
+        return BasePool.empty(base_pairs)
+    if pool is None:
+        from marsrm.pool import open_pool
+
+        pool = open_pool(config.pool)
     base = BasePool(base_pairs, pool.variants)
     covered = int((base.sizes > 0).sum())
     if covered == 0:
@@ -152,9 +157,15 @@ def flip(pair):
 # The run
 # ---------------------------------------------------------------------------------------------
 
-def run(config: RunConfig, echo=print) -> dict:
-    """Run `marsrm run`: T rounds of margins → allocation → sample → train; returns results.json's dict."""
+def run(config: RunConfig, echo=print, pool=None) -> dict:
+    """Run `marsrm run`: T rounds of margins → allocation → sample → train; returns results.json's dict.
+
+    pool: optional variants source (see `open_base_pool`) used instead of the directory `config.pool`.
+    """
     config.validate()
+    if strategy_needs_pool(config) and pool is None and not config.pool:
+        raise ConfigError(f"setting 'pool': strategy '{config.strategy}' samples variants; build a pool with "
+                          "`marsrm augment` and pass --pool DIR")
     run_dir = Path(config.output)
     start_round = 1
     if config.resume:
@@ -167,8 +178,8 @@ def run(config: RunConfig, echo=print) -> dict:
 
     split, reports = load_split(config, echo)
     base = split.train
-    pool = open_base_pool(config, base)
-    if config.pool:
+    pool = open_base_pool(config, base, pool)
+    if pool.sizes.any():
         echo(f"pool: {int(pool.sizes.sum())} variants for {int((pool.sizes > 0).sum())}/{len(base)} base pairs")
     strategy = config.strategy_record
     settings = config.strategy_settings()

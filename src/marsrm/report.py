@@ -19,6 +19,11 @@ def _rounds(run_dir: str) -> list[dict]:
 
 
 def _save(fig, path: Path) -> str:
+    from matplotlib.ticker import MaxNLocator
+
+    for ax in fig.axes:
+        if ax.get_xlabel() == "round":
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight"))
     return path.name
 
