@@ -61,7 +61,7 @@ class CompareConfig(RunConfig):
         return RunConfig(**values)
 
 
-def _run_one(config: RunConfig) -> tuple[str, int, str]:
+def _run_one(config: RunConfig, pool=None) -> tuple[str, int, str]:
     import torch
 
     torch.set_num_threads(max(1, int(os.environ.get("MARSRM_THREADS", "1"))))
@@ -69,12 +69,15 @@ def _run_one(config: RunConfig) -> tuple[str, int, str]:
     if results_file.exists():
         return config.strategy, config.seed, "done before"
     resumable = (Path(config.output) / "fingerprint.json").exists()
-    run(dataclasses.replace(config, resume=resumable, overwrite=not resumable), echo=lambda *_: None)
+    run(dataclasses.replace(config, resume=resumable, overwrite=not resumable), echo=lambda *_: None, pool=pool)
     return config.strategy, config.seed, "resumed" if resumable else "ran"
 
 
-def compare(config: CompareConfig, echo=print) -> dict:
-    """Run every (strategy, seed), then write summary.json, report.md and the plots into `output`."""
+def compare(config: CompareConfig, echo=print, pool=None) -> dict:
+    """Run every (strategy, seed), then write summary.json, report.md and the plots into `output`.
+
+    pool: an in-memory variants source instead of `config.pool` (runs then stay in this process).
+    """
     config.validate()
     out = Path(config.output)
     if not config.resume:
@@ -82,12 +85,12 @@ def compare(config: CompareConfig, echo=print) -> dict:
     atomic_write_text(out / "config.yaml", to_yaml(config))
     jobs = [config.run_config(s, config.seed + k) for s in config.strategies for k in range(config.seeds)]
 
-    _prewarm(config, echo)
-    workers = config.workers or max(1, min(len(jobs), (os.cpu_count() or 2) // 2))
+    _prewarm(config, echo, pool)
+    workers = 1 if pool is not None else config.workers or max(1, min(len(jobs), (os.cpu_count() or 2) // 2))
     echo(f"{len(jobs)} runs ({len(config.strategies)} strategies × {config.seeds} seeds) on {workers} process(es)")
     if workers == 1:
         for job in jobs:
-            echo("{} seed {}: {}".format(*_run_one(job)))
+            echo("{} seed {}: {}".format(*_run_one(job, pool)))
     else:
         import multiprocessing
 
@@ -107,7 +110,7 @@ def compare(config: CompareConfig, echo=print) -> dict:
     return summary
 
 
-def _prewarm(config: CompareConfig, echo) -> None:
+def _prewarm(config: CompareConfig, echo, pool=None) -> None:
     """Head mode: embed base, held-out and pool texts once, so parallel runs only read the cache."""
     if config.mode != "head":
         return
@@ -116,7 +119,7 @@ def _prewarm(config: CompareConfig, echo) -> None:
 
     split, _ = load_split(config, echo)
     needs_pool = any(alloc.STRATEGIES[s].augments for s in config.strategies) and config.budget > 0
-    pool = open_base_pool(config, split.train) if needs_pool else BasePool.empty(split.train)
+    pool = open_base_pool(config, split.train, pool) if needs_pool else BasePool.empty(split.train)
     learner = make_learner(build_model(config), progress=config.progress)
     everything = split.train + split.val + split.eval + pool.flat()
     echo(f"embedding {2 * len(everything)} texts (cached for every run)")

@@ -1,0 +1,43 @@
+"""`marsrm compare` end to end on real pairs with the in-memory dropout pool of test_loop."""
+import json
+
+import pytest
+
+from marsrm.compare import CompareConfig, compare
+from marsrm.config import ConfigError
+from test_loop import DropoutPool
+
+
+@pytest.mark.slow
+def test_compare_writes_paired_summary_plots_and_report(tmp_path, hh_dir):
+    from marsrm.data import load_pairs
+
+    data = str(hh_dir / "helpful-online-test.jsonl.gz")
+    pool = DropoutPool(load_pairs(data).pairs)
+    config = CompareConfig(data=data, strategies=["none", "uniform", "mars-signed"], seeds=2, rounds=2, budget=80,
+                           train_size=50, val_size=10, eval_size=60, max_length=64, lr=0.01,
+                           output=str(tmp_path / "cmp"), progress=False, n_resamples=100, round_resamples=20)
+    summary = compare(config, echo=lambda *_: None, pool=pool)
+    out = tmp_path / "cmp"
+    assert set(summary["strategies"]) == {"none", "uniform", "mars-signed"}
+    assert "vs_baseline" not in summary["strategies"]["uniform"]
+    diff = summary["strategies"]["mars-signed"]["vs_baseline"]["accuracy_difference"]
+    assert diff["low"] <= diff["value"] <= diff["high"]
+    acc = summary["strategies"]["none"]["accuracy"]
+    assert acc["n"] == 2 and acc["low"] <= acc["mean"] <= acc["high"]
+    for plot in ("accuracy_per_round.png", "margins_per_round.png", "budget_vs_margin.png",
+                 "curvature_per_round.png"):
+        assert (out / plot).stat().st_size > 1000
+        assert plot in (out / "report.md").read_text()
+    assert json.loads((out / "summary.json").read_text())["eval_pairs"] == 60
+    # the runs used the same held-out pairs
+    ids = {json.dumps(json.loads((out / s / f"seed-{k}" / "eval_ids.json").read_text()))
+           for s in ("none", "uniform", "mars-signed") for k in (0, 1)}
+    assert len(ids) == 1
+
+
+def test_compare_refuses_unknown_strategy_and_missing_baseline(tmp_path):
+    with pytest.raises(ConfigError, match="strateg"):
+        compare(CompareConfig(strategies=["uniform", "magic"], output=str(tmp_path / "c")), echo=lambda *_: None)
+    with pytest.raises(ConfigError, match="baseline"):
+        compare(CompareConfig(strategies=["mars"], output=str(tmp_path / "c")), echo=lambda *_: None)
