@@ -221,7 +221,9 @@ def run(config: RunConfig, echo=print, pool=None) -> dict:
                                      np.ones(len(accumulated))])
         allocation_seconds = time.perf_counter() - started
 
-        curvature = _curvature(learner, training)
+        measured = time.perf_counter()
+        curvature = _curvature(learner, margins, base, accumulated)
+        curvature_seconds = time.perf_counter() - measured
         round_optim = dataclasses.replace(optim, seed=config.seed * 1000 + round_)
         torch.manual_seed(round_optim.seed)
         trained = learner.fit(training, round_optim, weight=weight, step_offset=step,          # e. train
@@ -233,14 +235,16 @@ def run(config: RunConfig, echo=print, pool=None) -> dict:
                   "effective_sample_size": alloc.effective_sample_size(counts),
                   "lowest_decile_budget_share": alloc.lowest_margin_decile_share(margins, counts),
                   "synthetic_pairs": len(accumulated), "pseudo_label_swaps": swapped, **curvature,
-                  "allocation_seconds": allocation_seconds, "train_seconds": trained["seconds"],
-                  "train_pairs_per_s": trained["pairs_per_s"]}
+                  "allocation_seconds": allocation_seconds, "curvature_seconds": curvature_seconds,
+                  "train_seconds": trained["seconds"], "train_pairs_per_s": trained["pairs_per_s"]}
+        measured = time.perf_counter()
         for name, pairs in (("val", split.val), ("eval", split.eval)):
             if pairs:
                 chosen, rejected = learner.scores(pairs)
                 scored = evaluate_scores(pairs, chosen, rejected, n_resamples=config.round_resamples,
                                          seed=config.seed)
                 record.update({f"{name}_{k}": v for k, v in flat_values(scored).items()})
+        record["eval_seconds"] = time.perf_counter() - measured
         _save_round(run_dir, round_, margins, counts, pair_index, variant_index, swapped=(
             [v.id for v in sample if v.meta.get("pseudo_label") == "swapped"]))
         model.save(run_dir / "checkpoints" / f"round-{round_}")
@@ -259,11 +263,11 @@ def margin_statistics(margins: np.ndarray) -> dict:
             "margin_abs_mean": float(np.mean(np.abs(margins)))}
 
 
-def _curvature(learner, training) -> dict:
+def _curvature(learner, base_margins, base, synthetic) -> dict:
     """Mean σ'(Δ) over the round's training pairs, and the head's exact BT Hessian spectrum where linear."""
-    margins = learner.margins(training)
+    margins = np.concatenate([base_margins, learner.margins(synthetic)]) if synthetic else base_margins
     summary = {"mean_sigmoid_prime": float(np.mean(metrics.sigmoid_prime(margins)))}
-    hessian = learner.hessian(training)
+    hessian = learner.hessian(base + synthetic)
     if hessian is not None:
         spectrum = metrics.curvature_summary(hessian)
         summary.update({f"hessian_{k}": v for k, v in spectrum.items() if k != "mean_sigmoid_prime"})
