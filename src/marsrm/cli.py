@@ -28,6 +28,7 @@ def _commands():
     from marsrm import pipeline
     from marsrm.compare import CompareConfig
     from marsrm.loop import RunConfig
+    from marsrm.pool.command import AugmentConfig
 
     demo_config = dataclasses.make_dataclass(
         "DemoConfig", [("output", str, dataclasses.field(default="runs/demo", metadata={"help": "run directory"})),
@@ -39,6 +40,7 @@ def _commands():
     return {
         "train": (pipeline.TrainConfig, run_train, "train a reward model on preference pairs"),
         "eval": (pipeline.EvalConfig, run_eval, "evaluate a saved reward model on preference pairs"),
+        "augment": (AugmentConfig, run_augment, "build the paraphrase pool (n×n variants per base pair, filtered)"),
         "run": (RunConfig, run_loop, "MARS rounds with one strategy and one seed"),
         "compare": (CompareConfig, run_compare, "strategies side by side over seeds: paired intervals, plots, "
                     "report.md"),
@@ -61,6 +63,12 @@ def run_train(config) -> None:
 def run_demo(config) -> None:
     run_train(config)
     print(f"run directory: {config.output} (config.yaml, metrics.jsonl, tensorboard/, model/, results.json)")
+
+
+def run_augment(config) -> None:
+    from marsrm.pool.command import augment
+
+    augment(config)
 
 
 def run_loop(config) -> None:
