@@ -14,6 +14,10 @@ import json
 import math
 import os
 import re
+import reprlib
+import shutil
+import sys
+import tempfile
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -193,6 +197,26 @@ class _Rows:
         return f"{label}:{number}" if self.unit == "line" else f"{label}:row {number}"
 
 
+class _BadJSON(Exception):
+    """Why `_parse_json` failed, as (what, line); line is None when JSON gives none."""
+
+    def __init__(self, what: str, line: int | None = None):
+        super().__init__(what)
+        self.what, self.line = what, line
+
+
+def _parse_json(text: str):
+    """`json.loads`, with each way bad input makes it fail (not only JSONDecodeError) as one _BadJSON."""
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as error:
+        raise _BadJSON(f"{error.msg} at column {error.colno}", error.lineno) from None
+    except RecursionError:  # "[[[[..." deeper than the interpreter's recursion limit
+        raise _BadJSON("nested too deeply to read") from None
+    except ValueError:  # an integer longer than Python converts (sys.get_int_max_str_digits)
+        raise _BadJSON(f"an integer with more than {sys.get_int_max_str_digits()} digits") from None
+
+
 def _json_lines(handle: Iterable[bytes], name: str) -> Iterator[tuple[int, Any]]:
     """Parse one JSON value per line, naming the line in every error; blank lines are skipped."""
     number = records = 0
@@ -208,9 +232,9 @@ def _json_lines(handle: Iterable[bytes], name: str) -> Iterator[tuple[int, Any]]
             if not text.strip():
                 continue
             try:
-                record = json.loads(text)
-            except json.JSONDecodeError as error:
-                raise DataError(f"{name}:{number}: invalid JSON ({error.msg} at column {error.colno}); "
+                record = _parse_json(text)
+            except _BadJSON as error:
+                raise DataError(f"{name}:{number}: invalid JSON ({error.what}); "
                                 "each line must hold one JSON object") from None
             records += 1
             yield number, record
@@ -218,8 +242,10 @@ def _json_lines(handle: Iterable[bytes], name: str) -> Iterator[tuple[int, Any]]
         raise DataError(f"{name}: the gzip stream is truncated after line {number}; "
                         "re-download or re-compress the file") from None
     except (gzip.BadGzipFile, zlib.error) as error:
-        raise DataError(f"{name}: not a readable gzip file ({error}); "
+        raise DataError(f"{name}: not a readable gzip file ({_first_line(error)}); "
                         "decompress it or drop the .gz suffix if it is plain text") from None
+    except OSError as error:  # a read that fails (a vanished or unreadable file, an I/O error)
+        raise DataError(f"{name}: cannot read it ({_first_line(error)})") from None
     if records == 0:
         raise DataError(f"{name}: the file is empty")
 
@@ -227,7 +253,11 @@ def _json_lines(handle: Iterable[bytes], name: str) -> Iterator[tuple[int, Any]]
 def _read_jsonl(path: Path) -> _Rows:
     def records():
         opener = gzip.open if path.name.endswith(".gz") else open
-        with opener(path, "rb") as handle:
+        try:
+            handle = opener(path, "rb")
+        except OSError as error:
+            raise DataError(f"{path.name}: cannot read it ({_first_line(error)})") from None
+        with handle:
             yield from _json_lines(handle, path.name)
 
     return _Rows(path.name, str(path), "line", records())
@@ -243,7 +273,9 @@ def _read_json(path: Path) -> _Rows:
     except EOFError:
         raise DataError(f"{name}: the gzip stream is truncated; re-download or re-compress the file") from None
     except (gzip.BadGzipFile, zlib.error) as error:
-        raise DataError(f"{name}: not a readable gzip file ({error})") from None
+        raise DataError(f"{name}: not a readable gzip file ({_first_line(error)})") from None
+    except OSError as error:
+        raise DataError(f"{name}: cannot read it ({_first_line(error)})") from None
     try:
         text = raw.decode("utf-8").removeprefix("\ufeff")
     except UnicodeDecodeError as error:
@@ -253,12 +285,15 @@ def _read_json(path: Path) -> _Rows:
     if not text.strip():
         raise DataError(f"{name}: the file is empty")
     try:
-        value = json.loads(text)
-    except json.JSONDecodeError as error:
+        value = _parse_json(text)
+    except _BadJSON as error:
         if text.lstrip().startswith("{"):  # JSON lines: the line reader names the line that is wrong
             return _Rows(name, str(path), "line", _json_lines(io.BytesIO(raw), name))
-        raise DataError(f"{name}:{error.lineno}: invalid JSON ({error.msg} at column {error.colno})") from None
-    if isinstance(value, dict) and len(text.strip().splitlines()) == 1:  # JSON lines holding one record
+        where = f"{name}:{error.line}" if error.line else name
+        raise DataError(f"{where}: invalid JSON ({error.what})") from None
+    # JSON lines holding one record. Lines are split at "\n" only, as the line reader does: a string may
+    # hold U+2028 or U+0085, which str.splitlines would count as line breaks.
+    if isinstance(value, dict) and "\n" not in text.strip():
         return _Rows(name, str(path), "line", _json_lines(io.BytesIO(raw), name))
     if not isinstance(value, list):
         raise DataError(f"{name}: expected a top-level list of objects, found {_type_name(value)}; "
@@ -269,7 +304,12 @@ def _read_json(path: Path) -> _Rows:
 
 
 def _first_line(error: Exception) -> str:
-    """An exception as one line, for a DataError that must stay one line."""
+    """An exception as one line, for a DataError that must stay one line.
+
+    A wrapper that only says "an error occurred" (datasets' DatasetGenerationError) gives way to its cause.
+    """
+    while error.__cause__ is not None and type(error).__name__ == "DatasetGenerationError":
+        error = error.__cause__
     text = str(error).strip()
     return text.splitlines()[0] if text else type(error).__name__
 
@@ -280,34 +320,98 @@ def _dataset_records(dataset, name: str, what: str = "file") -> Iterator[tuple[i
     yield from enumerate(dataset, 1)
 
 
+def _check_columns(where: str, columns: list[str]) -> None:
+    """Column names must be unique and non-empty: readers rename or drop one of two colliding columns."""
+    seen = set()
+    for number, column in enumerate(columns, 1):
+        if not column:
+            raise DataError(f"{where} leaves column {number} unnamed; name every column")
+        if column in seen:
+            raise DataError(f"{where} names column {_short(column)} twice; rename one of them")
+        seen.add(column)
+
+
+def _utf8_error(path: Path) -> DataError:
+    """The error for a text file that is not UTF-8, naming the first line that is not (read line by line)."""
+    with open(path, "rb") as handle:
+        for number, raw in enumerate(handle, 1):
+            try:
+                raw.decode("utf-8")
+            except UnicodeDecodeError as error:
+                return DataError(f"{path.name}:{number}: invalid UTF-8 (byte 0x{raw[error.start]:02x}); "
+                                 "re-save the file as UTF-8")
+    return DataError(f"{path.name}: invalid UTF-8; re-save the file as UTF-8")
+
+
+def _csv_header(path: Path) -> list[str]:
+    """The header of a CSV file, after checking that a row follows it."""
+    import csv
+
+    name = path.name
+    with open(path, newline="", encoding="utf-8-sig") as handle:
+        header = next(csv.reader(handle), None)  # reads the header's lines only; `handle` goes on after them
+        if not header:
+            raise DataError(f"{name}: the file is empty")
+        _check_columns(f"{name}:1: the header", header)
+        for number, column in enumerate(header, 1):
+            if "\x00" in column:  # pandas would cut the name there, and then miss the column
+                raise DataError(f"{name}:1: the header's column {number} ({_short(column)}) holds a NUL "
+                                "character; remove it")
+        if not any(line.strip() for line in handle):
+            raise DataError(f"{name}: the file is empty (a header but no rows)")
+    return header
+
+
+def _check_cells(table, name: str) -> None:
+    """Fail now, naming the row and the column, on a cell that cannot be read (Arrow reads a Parquet file's
+    text without checking it is UTF-8), rather than with a UnicodeDecodeError halfway through the load."""
+    try:
+        table.validate(full=True)
+    except Exception as error:
+        for column, values in zip(table.column_names, table.columns):
+            for number in range(len(values)):
+                try:
+                    values[number].as_py()
+                except Exception as cell_error:
+                    raise DataError(f"{name}:row {number + 1}: field {_short(column)} cannot be read "
+                                    f"({_first_line(cell_error)}); re-write the file") from None
+        raise DataError(f"{name}: {_first_line(error)}; re-write the file") from None
+
+
 def _read_with_datasets(path: Path, kind: str) -> _Rows:
-    """Parquet and CSV through the `datasets` library; any failure of a bad file becomes one DataError."""
+    """Parquet and CSV through the `datasets` library; any failure of a bad file becomes one DataError.
+
+    Each read builds its Arrow table in a fresh cache folder, removed afterwards: datasets' own cache knows a
+    file by its path and modification time, so it would hand back the old rows of a file rewritten within
+    the same timestamp (or copied with its time kept).
+    """
     import datasets
 
     name = path.name
+    cache = tempfile.mkdtemp(prefix="marsrm-data-")
     try:
         if kind == "parquet":
-            dataset = datasets.Dataset.from_parquet(str(path))
-        else:
-            if path.stat().st_size == 0:
-                raise DataError(f"{name}: the file is empty")
-            import csv
+            import pyarrow.parquet
 
-            with open(path, newline="", encoding="utf-8") as handle:
-                header = next(csv.reader(handle), None)
-            if not header:
-                raise DataError(f"{name}: the file is empty")
+            _check_columns(f"{name}: the schema", pyarrow.parquet.read_schema(path).names)
+            dataset = datasets.Dataset.from_parquet(str(path), cache_dir=cache, keep_in_memory=True)
+        else:
+            header = _csv_header(path)
             # Every column read as text, empty cells kept as "": pandas would otherwise turn an answer
             # "42" into a number and an empty answer into a missing value.
             features = datasets.Features({column: datasets.Value("string") for column in header})
-            dataset = datasets.Dataset.from_csv(str(path), features=features, keep_default_na=False)
+            dataset = datasets.Dataset.from_csv(str(path), features=features, keep_default_na=False,
+                                                cache_dir=cache, keep_in_memory=True)
+        _check_cells(dataset.data.table, name)
     except DataError:
         raise
     except UnicodeDecodeError:
-        raise DataError(f"{name}: invalid UTF-8; re-save the file as UTF-8") from None
+        raise _utf8_error(path) from None
     except Exception as error:  # pyarrow, pandas and datasets each raise their own types for a bad file
         raise DataError(f"{name}: cannot read it as {kind.upper()} ({_first_line(error)}); check the file is a "
                         f"complete {kind.upper()} file") from None
+    finally:
+        shutil.rmtree(cache, ignore_errors=True)
     return _Rows(name, str(path), "row", _dataset_records(dataset, name))
 
 
@@ -447,13 +551,31 @@ _TURN = re.compile(r"\n\n(Human|Assistant):")
 _SYSTEM = "\n\nSystem:"
 
 
+# Values and column names quoted in errors are cut short and escaped: a message stays one readable line
+# whatever the data holds (a 10 MB string, a newline in a column name, a 4,000-digit number).
+_REPR = reprlib.Repr()
+_REPR.maxstring, _REPR.maxother, _REPR.maxlong, _REPR.maxlevel = 60, 60, 40, 2
+
+
+def _short(value) -> str:
+    """repr(value), escaped and cut to a few dozen characters."""
+    return _REPR.repr(value)
+
+
+def _names(columns) -> str:
+    """Column names for a message: the first 12, each as is when printable and short, else as _short."""
+    names = sorted(map(str, columns))
+    shown = [name if name.isprintable() and len(name) <= 60 else _short(name) for name in names[:12]]
+    return ", ".join(shown) + (", ..." if len(names) > 12 else "")
+
+
 def _type_name(value) -> str:
     if value is None:
         return "null"
     if isinstance(value, bool):
         return "a boolean"
     if isinstance(value, (int, float)):
-        return f"a number ({value!r})"
+        return f"a number ({_short(value)})"
     if isinstance(value, (list, tuple)):
         return "a list"
     if isinstance(value, dict):
@@ -510,9 +632,7 @@ class _Record:
 
     def value(self, field_name: str):
         if field_name not in self.record:
-            columns = sorted(map(str, self.record))
-            seen = ", ".join(columns[:12]) + (", ..." if len(columns) > 12 else "")
-            raise self.fail(field_name, f"is missing (the record has: {seen})",
+            raise self.fail(field_name, f"is missing (the record has: {_names(self.record)})",
                             f"{self.fmt} format needs {self.fields.needs(self.fmt, self.preference)}; "
                             f"map another column to it with {self.fields.flag(field_name)}")
         return self.record[field_name]
@@ -535,7 +655,7 @@ class _Record:
                                 'write each message as {"role": ..., "content": ...}')
             role, content = message.get("role"), message.get("content")
             if role not in ROLES:
-                raise self.fail(field_name, f"message {number} has role {role!r}",
+                raise self.fail(field_name, f"message {number} has role {_short(role)}",
                                 f"use one of {', '.join(ROLES)}")
             if not isinstance(content, str):
                 raise self.fail(field_name, f"message {number} has content that is {_type_name(content)}, "
@@ -600,6 +720,8 @@ def _from_pairs(rec: _Record):
     prompt = rec.value(fields.prompt)
     chosen, rejected = rec.text(fields.chosen), rec.text(fields.rejected)
     if isinstance(prompt, list):
+        if not prompt:
+            raise rec.fail(fields.prompt, "is an empty list", "a pair needs a prompt to answer")
         return rec.messages(fields.prompt, prompt), chosen, rejected, False
     if not isinstance(prompt, str):
         raise rec.fail(fields.prompt, f"is {_type_name(prompt)}, expected a string or a list of messages",
@@ -655,6 +777,7 @@ def _from_pku(rec: _Record):
     if isinstance(which, bool) or which not in (0, 1):
         raise rec.fail(id_field, f"is {_type_name(which)}, expected 0 or 1",
                        "it must name the preferred response: 0 or 1")
+    which = int(which)  # 1.0 (a float column) names response 1 too
     prompt, _ = _prompt_from_string(rec, rec.fields.prompt, prompt_text)
     return prompt, responses[which], responses[1 - which], False
 
@@ -671,8 +794,7 @@ def _detect_format(record: dict, fields: _Fields, location: str) -> str:
         if isinstance(record[fields.chosen], list):
             return "chat"
         return "pairs" if fields.prompt in keys else "hh"
-    seen = ", ".join(sorted(map(str, keys))[:12]) or "none"
-    raise DataError(f"{location}: cannot tell the format from the fields ({seen}); accepted: "
+    raise DataError(f"{location}: cannot tell the format from the fields ({_names(keys) or 'none'}); accepted: "
                     "pairs (prompt, chosen, rejected strings), hh (chosen, rejected transcripts), "
                     "chat (chosen, rejected message lists), pku (prompt, response_0, response_1, "
                     "better_response_id/safer_response_id); map other column names with "
@@ -749,15 +871,19 @@ def _margin(rec: _Record) -> float | None:
     value = rec.value(fields.margin)
     if value is None or value == "":
         return None
-    if isinstance(value, str):
+    margin = None
+    if isinstance(value, str) or (isinstance(value, (int, float)) and not isinstance(value, bool)):
         try:
-            return float(value)
-        except ValueError:
+            margin = float(value)
+        except (ValueError, OverflowError):  # not a number; an integer beyond a float's range
             pass
-    elif isinstance(value, (int, float)) and not isinstance(value, bool):
-        return float(value)
-    raise rec.fail(fields.margin, f"is {_type_name(value) if not isinstance(value, str) else repr(value)}, "
-                   "expected a number", "write the margin as a number or leave it empty")
+    if margin is not None and math.isfinite(margin):
+        return margin
+    # NaN or infinity would turn the margin term of the Bradley-Terry loss, and so training, into NaN.
+    expected = "a number" if margin is None and not isinstance(value, (int, float)) else "a finite number"
+    problem = _short(value) if isinstance(value, str) else _type_name(value)
+    raise rec.fail(fields.margin, f"is {problem}, expected {expected}",
+                   "write the margin as a number or leave it empty")
 
 
 def _subset(rec: _Record) -> str | None:
@@ -775,6 +901,9 @@ def _pair_id(rec: _Record, source_name: str, number: int) -> str:
     if id_field is None or rec.record.get(id_field) is None:
         return f"{source_name}:{number}"
     value = rec.record[id_field]
+    if value == "":
+        raise rec.fail(id_field, "is an empty string", "give every pair an id, or pass id_field=None to "
+                       "number the pairs by line")
     if isinstance(value, str) or (isinstance(value, int) and not isinstance(value, bool)):
         return str(value)
     raise rec.fail(id_field, f"is {_type_name(value)}, expected a string or an integer",
@@ -832,7 +961,7 @@ def load_pairs(source, *, format: str = "auto", prompt_field: str | None = None,
         prompt, chosen, rejected, prefix_differs = _CONVERTERS[report.format](rec)
         pair_id = _pair_id(rec, rows.name, number)
         if pair_id in first_seen:
-            raise rec.fail(fields.id, f"repeats the id {pair_id!r} of {first_seen[pair_id]}",
+            raise rec.fail(fields.id, f"repeats the id {_short(pair_id)} of {first_seen[pair_id]}",
                            "ids must be unique; fix them, or pass id_field=None to number the pairs by line")
         first_seen[pair_id] = location
         margin = _margin(rec)
