@@ -28,15 +28,9 @@ def _commands():
     from marsrm import pipeline
     from marsrm.compare import CompareConfig
     from marsrm.loop import RunConfig
+    from marsrm.demo import DemoConfig
     from marsrm.pool.command import AugmentConfig
 
-    demo_config = dataclasses.make_dataclass(
-        "DemoConfig", [("output", str, dataclasses.field(default="runs/demo", metadata={"help": "run directory"})),
-                       ("overwrite", bool, dataclasses.field(default=True, metadata={
-                           "help": "replace the previous demo run"}))],
-        bases=(pipeline.TrainConfig,))
-    demo_config.__doc__ = ("`marsrm demo`: head mode on 1,000 helpful-base pairs (seed 0), evaluated on the rest "
-                           "of the split.")
     return {
         "train": (pipeline.TrainConfig, run_train, "train a reward model on preference pairs"),
         "eval": (pipeline.EvalConfig, run_eval, "evaluate a saved reward model on preference pairs"),
@@ -44,7 +38,7 @@ def _commands():
         "run": (RunConfig, run_loop, "MARS rounds with one strategy and one seed"),
         "compare": (CompareConfig, run_compare, "strategies side by side over seeds: paired intervals, plots, "
                     "report.md"),
-        "demo": (demo_config, run_demo, "the main job on the embedded default data"),
+        "demo": (DemoConfig, run_demo, "the main job on the embedded default data"),
         "export": (ExportConfig, run_export, "head-mode model → standard AutoModelForSequenceClassification directory"),
     }
 
@@ -61,8 +55,9 @@ def run_train(config) -> None:
 
 
 def run_demo(config) -> None:
-    run_train(config)
-    print(f"run directory: {config.output} (config.yaml, metrics.jsonl, tensorboard/, model/, results.json)")
+    from marsrm.demo import demo
+
+    demo(config)
 
 
 def run_augment(config) -> None:
