@@ -88,11 +88,12 @@ def test_rounds_spend_the_budget_and_log_everything(tmp_path, data_path, hh_pool
 
 
 @pytest.mark.slow
-def test_resume_after_an_interrupted_round_matches_an_uninterrupted_run(tmp_path, data_path, hh_pool):
-    whole = run(config(tmp_path, data=data_path, output=str(tmp_path / "whole")), echo=lambda *_: None,
+@pytest.mark.parametrize("settings", [{}, {"strategy": "self-train", "accumulate": True, "tau": None}])
+def test_resume_after_an_interrupted_round_matches_an_uninterrupted_run(tmp_path, data_path, hh_pool, settings):
+    whole = run(config(tmp_path, data=data_path, output=str(tmp_path / "whole"), **settings), echo=lambda *_: None,
                 pool=hh_pool)
     # stop after round 2 by asking for 2 rounds, then leave debris of a round-3 that was cut short
-    cut = config(tmp_path, data=data_path, output=str(tmp_path / "cut"), rounds=2)
+    cut = config(tmp_path, data=data_path, output=str(tmp_path / "cut"), rounds=2, **settings)
     run(cut, echo=lambda *_: None, pool=hh_pool)
     with open(tmp_path / "cut" / "metrics.jsonl", "a") as handle:
         handle.write('{"event": "round", "round": 3, "trunc')

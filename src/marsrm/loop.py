@@ -13,7 +13,6 @@ run would.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import shutil
 import time
@@ -134,17 +133,14 @@ def open_base_pool(config: RunConfig, base_pairs, pool=None) -> BasePool:
         raise ConfigError(f"setting 'pool': {config.pool} holds no variants for any of the {len(base_pairs)} base "
                           f"pairs (e.g. {base_pairs[0].id}); it was built for other pairs — run `marsrm augment` "
                           "with the same --data, --train-size and --seed")
+    from marsrm.pool.build import source_hash
+
     for pair, variants in zip(base_pairs, base.variants):
         for variant in variants[:1]:
-            if variant.meta.get("source_hash") not in (None, pair_text_hash(pair)):
+            if variant.meta.get("source_hash") not in (None, source_hash(pair)):
                 raise ConfigError(f"setting 'pool': {config.pool} was built from a different text for pair "
                                   f"{pair.id}; rebuild it for this data")
     return base
-
-
-def pair_text_hash(pair) -> str:
-    payload = json.dumps([list(map(dict, pair.prompt)), pair.chosen, pair.rejected], ensure_ascii=False)
-    return hashlib.sha256(payload.encode("utf-8")).hexdigest()[:16]
 
 
 def flip(pair):
@@ -246,7 +242,7 @@ def run(config: RunConfig, echo=print, pool=None) -> dict:
                 record.update({f"{name}_{k}": v for k, v in flat_values(scored).items()})
         record["eval_seconds"] = time.perf_counter() - measured
         _save_round(run_dir, round_, margins, counts, pair_index, variant_index, swapped=(
-            [v.id for v in sample if v.meta.get("pseudo_label") == "swapped"]))
+            [k for k, v in enumerate(sample) if v.meta.get("pseudo_label") == "swapped"]))
         model.save(run_dir / "checkpoints" / f"round-{round_}")
         log.log(record, step=round_)
         echo(_round_line(record))
@@ -284,7 +280,8 @@ def _round_line(record: dict) -> str:
 
 
 def _save_round(run_dir: Path, round_: int, margins, counts, pair_index, variant_index, swapped) -> None:
-    """Per-round arrays for plots and resume: margins, budgets and the sampled (pair, variant) indices."""
+    """Per-round arrays for plots and resume: margins, budgets, the sampled (pair, variant) indices, and the
+    positions in the sample whose labels self-training swapped."""
     def write(tmp):
         with open(tmp, "wb") as handle:
             np.savez(handle, margins=margins, counts=counts, pair_index=pair_index, variant_index=variant_index)
@@ -303,7 +300,7 @@ def _load_accumulated(run_dir: Path, last_round: int, pool: BasePool) -> list:
         taken = pool.take(saved["pair_index"], saved["variant_index"])
         swapped_file = run_dir / "rounds" / f"round-{round_}-swapped.json"
         swapped = set(json.loads(swapped_file.read_text())) if swapped_file.exists() else set()
-        sample += [flip(v) if v.id in swapped else v for v in taken]
+        sample += [flip(v) if k in swapped else v for k, v in enumerate(taken)]
     return sample
 
 
