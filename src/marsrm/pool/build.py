@@ -15,6 +15,7 @@ killed at any point and run again ends with the same pool as an uninterrupted on
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import os
 import shutil
@@ -74,6 +75,19 @@ def cross(n: int, prompt_ok, chosen_ok, rejected_ok, fallback: str = "drop") -> 
     return out
 
 
+def source_hash(pair: PreferencePair) -> str:
+    """The identity of a base pair's texts (prompt, chosen, rejected): 16 hex digits of SHA-256.
+
+    Every variant carries the hash of the pair it came from as the data holds it (before any semantic
+    refinement), so a reader can refuse a pool built from other texts for the same ids.
+    """
+    refined = pair.meta.get("refined") or {}
+    chosen = refined.get("chosen") if refined.get("chosen") is not None else pair.chosen
+    rejected = refined.get("rejected") if refined.get("rejected") is not None else pair.rejected
+    payload = json.dumps([list(map(dict, pair.prompt)), chosen, rejected], ensure_ascii=False)
+    return hashlib.sha256(payload.encode("utf-8")).hexdigest()[:16]
+
+
 def make_variant(pair: PreferencePair, record: dict, triple) -> PreferencePair:
     """The synthetic pair for one (k, i, j) triple of `record` (a pool record of `pair`)."""
     k, i, j = triple
@@ -87,7 +101,7 @@ def make_variant(pair: PreferencePair, record: dict, triple) -> PreferencePair:
     chosen = texts["chosen"]["texts"][i] if i >= 0 else pair.chosen
     rejected = texts["rejected"]["texts"][j] if j >= 0 else pair.rejected
     return PreferencePair(id=pair.id, prompt=prompt, chosen=chosen, rejected=rejected, margin=pair.margin,
-                          subset=pair.subset, meta={"variant": (k, i, j)})
+                          subset=pair.subset, meta={"variant": (k, i, j), "source_hash": record["source_hash"]})
 
 
 # ---------------------------------------------------------------------------------------------
@@ -99,15 +113,17 @@ def pair_to_dict(pair: PreferencePair) -> dict:
             "margin": pair.margin, "subset": pair.subset}
 
 
-def pair_from_dict(record: dict) -> PreferencePair:
+def pair_from_dict(record: dict, refined: dict | None = None) -> PreferencePair:
     return PreferencePair(id=record["id"], prompt=tuple(dict(m) for m in record["prompt"]), chosen=record["chosen"],
-                          rejected=record["rejected"], margin=record.get("margin"), subset=record.get("subset"))
+                          rejected=record["rejected"], margin=record.get("margin"), subset=record.get("subset"),
+                          meta={"refined": refined} if refined else {})
 
 
 class Pool:
     """A built pool: for each base pair id, its variants that passed the label filter.
 
-    pool.variants(pair_id) -> list[PreferencePair] (each keeps the base pair's id; meta["variant"] = (k, i, j))
+    pool.variants(pair_id) -> list[PreferencePair]: each keeps the base pair's id and label; meta["variant"] =
+        (k, i, j), meta["source_hash"] = `source_hash` of the base pair; [] for an id the pool does not hold
     pool.sizes(pair_ids) -> int array of len(pair_ids)
     pool.record(pair_id) -> the stored record (paraphrases with verdicts and cosines)
     """
@@ -116,7 +132,7 @@ class Pool:
         self.directory = Path(directory)
         self.manifest = manifest
         self._records = records
-        self._pairs = {pid: pair_from_dict(r["pair"]) for pid, r in records.items()}
+        self._pairs = {pid: pair_from_dict(r["pair"], r.get("refined")) for pid, r in records.items()}
         self._variants: dict[str, list[PreferencePair]] = {}
 
     @property
@@ -144,7 +160,8 @@ class Pool:
         try:
             return self._records[pair_id]
         except KeyError:
-            raise KeyError(f"pair '{pair_id}' is not in the pool at {self.directory} ({len(self)} base pairs)") from None
+            raise KeyError(f"pair '{pair_id}' is not in the pool at {self.directory} "
+                           f"({len(self)} base pairs)") from None
 
     def record(self, pair_id: str) -> dict:
         return self._get(pair_id)
@@ -158,16 +175,19 @@ class Pool:
         return list(self._pairs.values())
 
     def variants(self, pair_id: str) -> list[PreferencePair]:
-        """The pair's variants that passed the filter, in (chosen i, rejected j) order."""
+        """The pair's variants that passed the filter, in (chosen i, rejected j) order ([] for an unknown id)."""
+        if pair_id not in self._records:
+            return []
         if pair_id not in self._variants:
-            record = self._get(pair_id)
+            record = self._records[pair_id]
             self._variants[pair_id] = [make_variant(self._pairs[pair_id], record, t) for t in record["variants"]]
         return self._variants[pair_id]
 
     def sizes(self, pair_ids=None) -> np.ndarray:
-        """Number of variants for each id in `pair_ids` (default: every base pair, in pool order)."""
+        """Number of variants for each id in `pair_ids` (default: every base pair, in pool order); 0 if unknown."""
         ids = self.ids if pair_ids is None else pair_ids
-        return np.array([len(self._get(pid)["variants"]) for pid in ids], dtype=np.int64)
+        return np.array([len(self._records[pid]["variants"]) if pid in self._records else 0 for pid in ids],
+                        dtype=np.int64)
 
 
 def open_pool(directory: str | os.PathLike) -> Pool:
@@ -221,9 +241,10 @@ def _assemble(item: _Text, store: ParaphraseStore, n: int, seed: int, settings: 
     out = []
     for k in range(n):
         parts = []
-        for (chunk, _), key in zip(item.chunks, keys):
+        for (chunk, _), key in zip(item.chunks, keys, strict=True):
             text = chunk if key is None else store.get(key)["outputs"][k]
-            if len(item.chunks) > 1 and key is not None and cheap_verdict(chunk, text, settings) not in (None, "identical"):
+            failed = key is not None and cheap_verdict(chunk, text, settings) not in (None, "identical")
+            if failed and len(item.chunks) > 1:
                 text = chunk
             parts.append(text)
         out.append(join_segments(parts, [sep for _, sep in item.chunks]))
@@ -267,7 +288,7 @@ def build_pool(pairs, paraphraser: Paraphraser, directory: str | os.PathLike, n:
                 items[text] = _Text(text, split_segments(text, chunk_words))
     chunks = {}
     for item in items.values():
-        for (chunk, _), key in zip(item.chunks, item.keys(n, seed)):
+        for (chunk, _), key in zip(item.chunks, item.keys(n, seed), strict=True):
             if key is not None:
                 chunks.setdefault(key, chunk)
     missing = [k for k in chunks if k not in store]
@@ -288,10 +309,10 @@ def build_pool(pairs, paraphraser: Paraphraser, directory: str | os.PathLike, n:
         texts = sorted({s[field] for s in (_sources(p, targets) for p in pairs) if s[field] is not None})
         if texts:
             reasons, cosines = judge(texts, [paraphrases[t] for t in texts], settings, embed)
-            verdicts.update({(field, t): (r, c) for t, r, c in zip(texts, reasons, cosines)})
+            verdicts.update({(field, t): (r, c) for t, r, c in zip(texts, reasons, cosines, strict=True)})
     records, counts = [], {f: count_reasons([]) for f in FIELDS}
     for pair in pairs:
-        record = {"pair": pair_to_dict(pair), "paraphrases": {}, "variants": []}
+        record = {"pair": pair_to_dict(pair), "source_hash": source_hash(pair), "paraphrases": {}, "variants": []}
         if pair.meta.get("refined"):
             record["refined"] = pair.meta["refined"]
         oks = {}
@@ -319,15 +340,14 @@ def build_pool(pairs, paraphraser: Paraphraser, directory: str | os.PathLike, n:
                                                     for r in records[start:start + SHARD_PAIRS]))
         shards.append(name)
     total = {key: sum(c[key] for c in counts.values()) for key in counts["chosen"]}
-    sizes = [len(r["variants"]) for r in records]
+    sizes = [len(r["variants"]) for r in records] or [0]
     seconds = time.perf_counter() - started
     report = {"pairs": len(pairs), "texts": len(items), "chunks": len(chunks), "chunks_cached": reused,
               "chunks_computed": len(missing), "generated_tokens": generated, "seconds": round(seconds, 2),
               "tokens_per_second": round(generated / seconds, 2) if seconds > 0 else None,
               "filter": {"total": total, **{f: counts[f] for f in FIELDS if counts[f] != count_reasons([])}},
-              "variants": int(sum(sizes)), "variants_per_pair": {"min": min(sizes, default=0),
-                                                                  "mean": round(float(np.mean(sizes)), 3) if sizes else 0,
-                                                                  "max": max(sizes, default=0)},
+              "variants": int(sum(sizes)),
+              "variants_per_pair": {"min": min(sizes), "mean": round(float(np.mean(sizes)), 3), "max": max(sizes)},
               "pairs_without_variants": int(sum(s == 0 for s in sizes))}
     if getattr(paraphraser, "retried", 0):
         report["retried_requests"] = paraphraser.retried

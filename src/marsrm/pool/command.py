@@ -154,7 +154,8 @@ def augment(config: AugmentConfig, echo=print) -> dict:
         kind = config.refine_backend
         if kind == "auto":
             kind = config.paraphraser if paraphraser.can_rewrite else "local"
-        rewriter = paraphraser if kind == config.paraphraser else make_paraphraser(kind, **config.backend_settings(kind))
+        same = kind == config.paraphraser
+        rewriter = paraphraser if same else make_paraphraser(kind, **config.backend_settings(kind))
         rewriter.check()
     paraphraser.check()
     split, _ = load_split(config, echo)

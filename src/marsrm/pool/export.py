@@ -43,7 +43,7 @@ def export_trl(pool: Pool, path: str | os.PathLike, *, per_pair: int | None = 5,
         raise PoolError(f"setting 'export_variants': must be ≥ 0 (got {per_pair})")
     lines, bases, variants = [], 0, 0
     for base, sampled in sample_export(pool, per_pair, seed):
-        for pair, record in zip([base, *sampled], pairs_to_records([base, *sampled], style)):
+        for pair, record in zip([base, *sampled], pairs_to_records([base, *sampled], style), strict=True):
             variant = pair.meta.get("variant")
             record["source"] = "base" if variant is None else "variant"
             record["variant"] = None if variant is None else ",".join(map(str, variant))

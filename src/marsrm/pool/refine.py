@@ -51,7 +51,8 @@ def semantic_distance(embed, chosen: list[str], rejected: list[str]) -> np.ndarr
 
 
 def _cached_rewrites(rewriter: Paraphraser, store: ParaphraseStore | None, texts, others, role, seed) -> list[str]:
-    tasks = [Task(t, derive_seed(seed, t, o, role), f"rewrite-{role}", o) for t, o in zip(texts, others)]
+    tasks = [Task(t, derive_seed(seed, t, o, role), f"rewrite-{role}", o)
+             for t, o in zip(texts, others, strict=True)]
     if store is None:
         return rewriter.complete(tasks)
     keys = [entry_key(task.kind, task.text, task.other, 1, task.seed) for task in tasks]
@@ -100,11 +101,11 @@ def refine_pairs(pairs, rewriter: Paraphraser, embed, *, tries: int = 5, seed: i
                 others = [chosen[i] if role == "rejected" else rejected[i] for i in todo]
                 outs = _cached_rewrites(rewriter, store, texts, others, role, derive_seed(seed, "refine", attempt))
                 report.requests += len(todo)
-                new_chosen = [o if role == "chosen" else chosen[i] for i, o in zip(todo, outs)]
-                new_rejected = [o if role == "rejected" else rejected[i] for i, o in zip(todo, outs)]
+                new_chosen = [o if role == "chosen" else chosen[i] for i, o in zip(todo, outs, strict=True)]
+                new_rejected = [o if role == "rejected" else rejected[i] for i, o in zip(todo, outs, strict=True)]
                 grown = semantic_distance(embed, new_chosen, new_rejected)
                 still = []
-                for i, text, out, d in zip(todo, texts, outs, grown):
+                for i, text, out, d in zip(todo, texts, outs, grown, strict=True):
                     ok = bool(out.strip()) and out.strip() != text.strip()
                     if ok:
                         usable.add(i)

@@ -87,7 +87,8 @@ class OpenAIParaphraser(Paraphraser):
     def _request(self, url: str, payload: dict | None, timeout: float) -> dict:
         """One HTTP exchange → parsed JSON; raises TransientError (retry) or PoolError (give up now)."""
         data = None if payload is None else json.dumps(payload).encode("utf-8")
-        request = urllib.request.Request(url, data=data, headers=self._headers(), method="GET" if data is None else "POST")
+        method = "GET" if data is None else "POST"
+        request = urllib.request.Request(url, data=data, headers=self._headers(), method=method)
         try:
             with urllib.request.urlopen(request, timeout=timeout) as response:
                 body = response.read()
@@ -149,7 +150,8 @@ class OpenAIParaphraser(Paraphraser):
             except TransientError as err:
                 if attempt == self.retries:
                     self._abandon.set()
-                    raise BuildStopped(f"openai paraphraser: giving up after {self.retries + 1} attempts: {err}") from None
+                    raise BuildStopped(f"openai paraphraser: giving up after {self.retries + 1} attempts: "
+                                       f"{err}") from None
                 with self._lock:
                     self.retried += 1
                 delay = err.retry_after if err.retry_after is not None else self.backoff * 2**attempt
