@@ -1,5 +1,6 @@
 """Tests for marsrm.pool.build: the crossing scheme, pool files, cache reuse, resuming after failures and kills."""
 import dataclasses
+import hashlib
 import json
 import os
 import signal
@@ -239,7 +240,9 @@ def cache_lines(directory):
 
 
 def test_variants_carry_the_hash_of_their_source_pair_as_the_data_holds_it(tmp_path):
-    from marsrm.loop import pair_text_hash  # the MARS loop refuses variants whose hash is not its pair's
+    def pair_text_hash(p):  # what the MARS loop checks: the data's own texts, before any refinement
+        payload = json.dumps([list(map(dict, p.prompt)), p.chosen, p.rejected], ensure_ascii=False)
+        return hashlib.sha256(payload.encode("utf-8")).hexdigest()[:16]
 
     original = pair(0, turns=2)
     refined = dataclasses.replace(original, rejected="a rewritten reply", meta={"refined": {
