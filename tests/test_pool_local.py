@@ -97,12 +97,12 @@ def test_smollm2_paraphrases_in_batches_reproducibly(smollm2):
 
 @pytest.mark.slow
 def test_smollm2_beam_search_and_refinement_rewrites(smollm2):
-    smollm2.decoding, smollm2.num_beams = "beam", 3
+    smollm2.decoding, smollm2.num_beams = "beam", 2
     try:
-        beams = smollm2.paraphrase(["Dogs need a walk every day."], 3, seed=0)
+        beams = smollm2.paraphrase(["Dogs need a walk."], 2, seed=0)
     finally:
         smollm2.decoding = "sample"
-    assert len(beams) == 1 and len(beams[0]) == 3
+    assert len(beams) == 1 and len(beams[0]) == 2
     rewrites = smollm2.complete([Task("Dogs need a walk.", 1, "rewrite-rejected", "Walk your dog daily.")])
     assert len(rewrites) == 1 and isinstance(rewrites[0], str)
 

