@@ -20,8 +20,8 @@ Then head-mode accuracy with fp32 against bf16 embeddings: `marsrm.pipeline.trai
 with a paired bootstrap interval of the accuracy difference on the same held-out pairs.
 Model loading is outside every timing.
 
-    HF_HUB_OFFLINE=1 .venv/bin/python bench/bench_embed.py                 # ≈ 5 min on 2 idle cores
-    HF_HUB_OFFLINE=1 .venv/bin/python bench/bench_embed.py --seeds 0,1,2,3,4
+    HF_HUB_OFFLINE=1 .venv/bin/python bench/bench_embed.py             # 17 min at load 6–9 on 2 cores
+    HF_HUB_OFFLINE=1 .venv/bin/python bench/bench_embed.py --seeds 0 --chunks 3
 """
 from __future__ import annotations
 

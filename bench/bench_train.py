@@ -18,8 +18,8 @@ Timed: the training loop only (per-step collate, forward, backward, clipping, op
 library's per-step bookkeeping). Not timed: model load, tokenisation, TRL's dataset preparation, optimizer
 construction. Held-out accuracy of both trained models comes from the same scorer (`FullRewardModel.score_pairs`).
 
-    HF_HUB_OFFLINE=1 .venv/bin/python bench/bench_train.py            # ≈ 10 min on 2 busy cores
-    HF_HUB_OFFLINE=1 .venv/bin/python bench/bench_train.py --repeats 2          # A B B A: drift cancels
+    HF_HUB_OFFLINE=1 .venv/bin/python bench/bench_train.py               # 2 trainings: 8–10 min at load 5–8
+    HF_HUB_OFFLINE=1 .venv/bin/python bench/bench_train.py --repeats 2   # A B B A, so drift in load cancels
     HF_HUB_OFFLINE=1 .venv/bin/python bench/bench_train.py \
         --variants marsrm,trl,trl-defaults,marsrm-bf16,marsrm-fused,marsrm-proposed
 
