@@ -119,3 +119,10 @@ def test_two_processes_match_one(tmp_path):
     a, b = load_file(str(one)), load_file(str(two))
     for key in a:
         assert torch.allclose(a[key], b[key], atol=1e-5), key
+
+
+def test_an_accelerator_of_another_precision_earlier_in_the_process_does_not_block_training():
+    from marsrm.train import make_accelerator
+
+    assert make_accelerator("bf16", cpu=True).mixed_precision == "bf16"  # as a TRL trainer might leave it
+    assert make_accelerator("no", cpu=True).mixed_precision == "no"

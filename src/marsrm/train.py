@@ -154,8 +154,16 @@ def length_grouped_batches(lengths: np.ndarray, batch_size: int, rng: np.random.
 # ---------------------------------------------------------------------------------------------
 
 def make_accelerator(mixed_precision: str = "no", cpu: bool = False):
+    """An Accelerator with this precision, even if something else in the process made one with another."""
     from accelerate import Accelerator
+    from accelerate.state import AcceleratorState, PartialState
 
+    state = AcceleratorState._shared_state
+    other_precision = state and state.get("_mixed_precision", mixed_precision) != mixed_precision
+    if other_precision and PartialState().num_processes == 1:
+        # Accelerate keeps one precision per process; a single process (e.g. a TRL trainer that ran earlier,
+        # or a bf16 full-mode run before a head-mode one) can safely start over.
+        AcceleratorState._reset_state()
     return Accelerator(mixed_precision=mixed_precision, cpu=cpu)
 
 
