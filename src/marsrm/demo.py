@@ -20,7 +20,7 @@ class DemoConfig(TrainConfig):
 
     output: str = setting("runs/demo", "demo directory (train/, pool/, compare/)")
     overwrite: bool = setting(True, "replace the previous demo's runs (the pool's paraphrases are reused)")
-    mars_pairs: int = setting(150, "base pairs for the MARS part (paraphrased by the local model)")
+    mars_pairs: int = setting(100, "base pairs for the MARS part (paraphrased by the local model)")
     mars_n: int = setting(2, "paraphrases per response in the demo pool")
     mars_strategies: list[str] = setting(["none", "uniform", "west-of-n", "mars", "mars-signed"],
                                          "strategies compared")
