@@ -18,6 +18,11 @@ def _rounds(run_dir: str) -> list[dict]:
     return sorted(records, key=lambda r: r["round"])
 
 
+def _round_files(run_dir) -> list[Path]:
+    """A run's rounds/round-T.npz files in round order."""
+    return sorted((Path(run_dir) / "rounds").glob("round-*.npz"), key=lambda p: int(p.stem.split("-")[1]))
+
+
 def _save(fig, path: Path) -> str:
     from matplotlib.ticker import MaxNLocator
 
@@ -67,8 +72,7 @@ def plot_margins(runs: dict, out: Path) -> str:
     fig, axes = plt.subplots(1, len(runs), figsize=(3.2 * len(runs), 3.6), sharey=True, squeeze=False)
     for ax, (strategy, results) in zip(axes[0], runs.items()):
         run_dir = Path(results[0]["run_dir"])
-        files = sorted((run_dir / "rounds").glob("round-*.npz"), key=lambda p: int(p.stem.split("-")[1]))
-        data = [np.load(f)["margins"] for f in files]
+        data = [np.load(f)["margins"] for f in _round_files(run_dir)]
         ax.boxplot(data, showfliers=False)
         ax.axhline(0, color="grey", lw=0.8)
         ax.set_title(strategy)
@@ -83,12 +87,13 @@ def plot_budget(runs: dict, out: Path) -> str:
     """Budget each base pair got against its margin, in the last round (first seed)."""
     import matplotlib.pyplot as plt
 
-    augmenting = {s: r for s, r in runs.items() if r[0].get("budget")}
+    from marsrm.allocate import STRATEGIES
+
+    augmenting = {s: r for s, r in runs.items() if r[0].get("budget") and STRATEGIES[s].augments}
     fig, axes = plt.subplots(1, max(1, len(augmenting)), figsize=(3.4 * max(1, len(augmenting)), 3.4),
                              squeeze=False)
     for ax, (strategy, results) in zip(axes[0], augmenting.items()):
-        run_dir = Path(results[0]["run_dir"])
-        last = max((run_dir / "rounds").glob("round-*.npz"), key=lambda p: int(p.stem.split("-")[1]))
+        last = _round_files(results[0]["run_dir"])[-1]
         saved = np.load(last)
         ax.scatter(saved["margins"], saved["counts"], s=6, alpha=0.5)
         ax.set_title(f"{strategy} ({last.stem})")
