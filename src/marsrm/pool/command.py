@@ -72,7 +72,8 @@ class AugmentConfig(DataSettings):
                                   choices=["auto", "local", "openai"])
     refine_tries: int = setting(5, "refinement: rewrites tried per response before giving up")
     export: str | None = setting(None, "also write base pairs + sampled variants to this JSONL file in TRL's format")
-    export_variants: int | None = setting(5, "variants exported per base pair (sampled, seeded); none = all")
+    export_variants: int | None = setting(5, "variants exported per base pair (sampled, seeded); null (in a YAML "
+                                          "config) = all")
     export_format: str = setting("chat", "chat: TRL conversational (prompt/chosen/rejected as messages); pairs: "
                                  "HH-format text", choices=list(STYLES))
     cache_dir: str | None = setting(None, "paraphrase cache folder (default: <output>/cache); share it between pools")

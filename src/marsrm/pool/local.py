@@ -7,9 +7,12 @@ paper's T5 paraphraser `humarin/chatgpt_paraphraser_on_T5_base` with `decoding="
 Decoding:
 - "sample": every output row is sampled with its own random stream, seeded from (seed, text, output
   index) — Gumbel-max over the top-k/top-p candidates, done in a logits processor, so a row's draws do not
-  depend on which other rows share its batch. Outputs are then reproducible per text across batchings up
-  to floating-point differences from padding (rare flips of near-tied tokens; see docs/POOL.md).
+  depend on which other rows share its batch. In float32 a text's outputs are then the same however it is
+  batched, up to round-off from the batch's shape (which flipped no token in our checks; bf16 does flip).
 - "beam": beam search (the paper: 5 beams, no_repeat_ngram_size 3); deterministic, no seed involved.
+Prompt prefix: with decoder-only models, sampling batches share the prompt text before the source (system
+line, worked examples, instruction: ~400 tokens for a ~30-token text); its KV cache is computed once and
+each batch continues it, rows padded between the prefix and their own tokens.
 Length: each output may use at most `length_ratio` × the source's length in tokens (+ slack), capped at
 `max_new_tokens`; long texts are cut into sentence chunks by the pool builder before they get here.
 """
