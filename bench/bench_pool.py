@@ -12,6 +12,7 @@ A second build on the same directory measures the all-cached rerun.
 
     HF_HUB_OFFLINE=1 .venv/bin/python bench/bench_pool.py --backends lexical,local,openai --pairs 40
     HF_HUB_OFFLINE=1 .venv/bin/python bench/bench_pool.py --backends local --pairs 1000      # hours on 2 cores
+    HF_HUB_OFFLINE=1 .venv/bin/python bench/bench_pool.py --backends lexical --pairs 40 --refine
 """
 from __future__ import annotations
 
@@ -85,6 +86,9 @@ def main(argv=None) -> int:
     parser.add_argument("--backends", default="lexical,local,openai")
     parser.add_argument("--batch-size", type=int, default=16, help="local: rows per generate call")
     parser.add_argument("--servers", type=int, default=1, help="openai: llama.cpp servers to start")
+    parser.add_argument("--chunk-words", type=int, default=30, help="sentence-chunk size (marsrm augment's default)")
+    parser.add_argument("--refine", action="store_true", help="semantic refinement (local LLM, 5 tries) first, "
+                        "timed and reported; the pools are then built from the refined pairs")
     parser.add_argument("--samples", type=int, default=20, help="paraphrases to draw at random for reading")
     parser.add_argument("--output", default="runs/bench/pool.json")
     args = parser.parse_args(argv)
@@ -103,7 +107,23 @@ def main(argv=None) -> int:
     words = sum(len(p.chosen.split()) + len(p.rejected.split()) for p in pairs)
     print(f"{len(pairs)} pairs ({words / (2 * len(pairs)):.0f} words per response), n={args.n}, "
           f"targets={args.targets}; load {os.getloadavg()[0]:.2f}", flush=True)
-    results = {"pairs": len(pairs), "n": args.n, "targets": args.targets, "runs": {}}
+    results = {"pairs": len(pairs), "n": args.n, "targets": args.targets, "chunk_words": args.chunk_words, "runs": {}}
+    if args.refine:
+        from dataclasses import asdict
+
+        from marsrm.pool import refine_pairs
+
+        rewriter = make_paraphraser("local")
+        rewriter.load()
+        started = time.perf_counter()
+        pairs, report = refine_pairs(pairs, rewriter, LazyEmbed("all-MiniLM-L6-v2"), tries=5,
+                                     progress=sys.stderr.isatty())
+        results["refine"] = {**asdict(report), "seconds": round(time.perf_counter() - started, 1),
+                             "generated_tokens": rewriter.tokens}
+        print(report.summary(), f"({results['refine']['seconds']} s, {rewriter.tokens} tokens)", flush=True)
+        for pair in pairs[:3] + [p for p in pairs if p.meta.get("refined")][:3]:
+            print(f"  {pair.id}: {pair.meta.get('refined')}\n    chosen: {pair.chosen[:150]!r}\n    "
+                  f"rejected: {pair.rejected[:150]!r}")
     for backend in [b.strip() for b in args.backends.split(",") if b.strip()]:
         servers = []
         if backend == "local":
@@ -120,11 +140,11 @@ def main(argv=None) -> int:
         load0, started = os.getloadavg()[0], time.perf_counter()
         try:
             pool = build_pool(pairs, paraphraser, directory, args.n, targets=args.targets, embed=embed,
-                              progress=sys.stderr.isatty())
+                              chunk_words=args.chunk_words, progress=sys.stderr.isatty())
             seconds = time.perf_counter() - started
             rerun_started = time.perf_counter()
             build_pool(pairs, paraphraser, directory, args.n, targets=args.targets, embed=embed, progress=False,
-                       echo=lambda *_: None)
+                       chunk_words=args.chunk_words, echo=lambda *_: None)
             rerun = time.perf_counter() - rerun_started
         finally:
             for process in servers:
@@ -135,6 +155,7 @@ def main(argv=None) -> int:
                "generated_tokens": report["generated_tokens"],
                "tokens_per_s": round(report["generated_tokens"] / seconds, 1), "chunks": report["chunks"],
                "variants": report["variants"], "kept": report["filter"]["total"]["kept"],
+               "filter": report["filter"]["total"], "pairs_without_variants": report["pairs_without_variants"],
                "load_1min": [round(load0, 2), round(os.getloadavg()[0], 2)]}
         if backend == "openai":
             run["servers"] = args.servers

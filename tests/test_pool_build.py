@@ -231,6 +231,20 @@ def test_a_build_that_stops_on_server_errors_keeps_its_work_and_resumes_to_the_s
     assert cache_lines(target) == cache_lines(tmp_path / "whole")
 
 
+def test_a_batch_dependent_backend_keeps_only_whole_batches_when_it_stops(tmp_path):
+    pairs = [pair(i) for i in range(6)]  # 18 texts
+    flaky = FakeParaphraser(fail_after=2 * 4 * 2 + 3)  # dies inside the third batch of 4 texts (n=2)
+    flaky.batch_invariant = False
+    with pytest.raises(BuildStopped):
+        build_pool(pairs, flaky, tmp_path, n=2, label_filter=NO_COSINE, progress=False, flush_every=4,
+                   echo=lambda *_: None)
+    assert len(cache_lines(tmp_path)) == 8  # two whole batches; the finished texts of the third were not kept
+    resumed = FakeParaphraser()
+    build_pool(pairs, resumed, tmp_path, n=2, label_filter=NO_COSINE, progress=False, flush_every=4,
+               echo=lambda *_: None)
+    assert resumed.completed == (18 - 8) * 2
+
+
 def cache_lines(directory):
     records = [json.loads(line) for shard in Path(directory, "cache").glob("*/shard-*.jsonl")
                for line in shard.read_text().splitlines()]

@@ -37,6 +37,16 @@ def test_settings_change_with_decoding_and_model_but_not_with_batch_size():
     assert LocalParaphraser(decoding="beam").settings() != base
 
 
+def test_only_fp32_promises_outputs_independent_of_batching():
+    from marsrm.features import cpu_has_bf16
+
+    assert LocalParaphraser(dtype="fp32").batch_invariant
+    assert not LocalParaphraser(dtype="bf16").batch_invariant
+    assert LocalParaphraser().dtype_name == ("bf16" if torch.cuda.is_available() or cpu_has_bf16() else "fp32")
+    with pytest.raises(PoolError, match="dtype"):
+        LocalParaphraser(dtype="int4")
+
+
 def test_seeded_sampler_draws_per_row_whatever_the_batch():
     torch.manual_seed(0)
     scores = torch.randn(5, 300)
@@ -76,7 +86,7 @@ def test_row_budget_stops_each_row_at_its_own_length():
 
 @pytest.fixture(scope="module")
 def smollm2():
-    paraphraser = LocalParaphraser(max_new_tokens=12, batch_size=8)
+    paraphraser = LocalParaphraser(max_new_tokens=12, batch_size=8, dtype="fp32")
     paraphraser.load()
     return paraphraser
 

@@ -252,7 +252,7 @@ def _assemble(item: _Text, store: ParaphraseStore, n: int, seed: int, settings: 
 
 
 def build_pool(pairs, paraphraser: Paraphraser, directory: str | os.PathLike, n: int = 5, *, seed: int = 0,
-               targets: str = "all", chunk_words: int = 60, label_filter: FilterSettings | None = None, embed=None,
+               targets: str = "all", chunk_words: int = 30, label_filter: FilterSettings | None = None, embed=None,
                fallback: str = "drop", cache_dir: str | os.PathLike | None = None, flush_every: int = 32,
                progress: bool = True, echo=print, extra: dict | None = None) -> Pool:
     """Build (or finish, or reuse) the pool of `pairs` in `directory`; returns it opened.
@@ -390,7 +390,10 @@ def _paraphrase_missing(paraphraser, store, work, n, seed, flush_every, progress
             try:
                 paraphraser.paraphrase([chunk for _, chunk in batch], n, seed, on_done=on_done)
             except BaseException as err:
-                store.put(finished)  # keep what finished; the next run starts after it
+                # Keep what finished; the next run starts after it. A backend whose outputs depend on the batch
+                # keeps whole batches only, so that a resumed build forms the same batches as an uninterrupted one.
+                if paraphraser.batch_invariant:
+                    store.put(finished)
                 if isinstance(err, BuildStopped):
                     raise BuildStopped(f"{err}. {len(store)} paraphrased texts are saved in "
                                        f"{store.directory}; run the same command again to resume") from None

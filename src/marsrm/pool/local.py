@@ -109,12 +109,19 @@ class LocalParaphraser(Paraphraser):
         self.no_repeat_ngram_size, self.repetition_penalty = no_repeat_ngram_size, repetition_penalty
         self.length_ratio, self.max_new_tokens, self.batch_size = length_ratio, max_new_tokens, batch_size
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-        if dtype == "auto":  # fp32 on CPU keeps a text's outputs independent of batching; a GPU wants half precision
-            dtype = "fp32" if self.device.type == "cpu" else "bf16"
+        if dtype == "auto":  # bf16 where the hardware runs it natively (about twice the fp32 speed on CPU)
+            from marsrm.features import cpu_has_bf16
+
+            dtype = "bf16" if self.device.type == "cuda" or cpu_has_bf16() else "fp32"
         self.dtype_name, self.trust_remote_code = dtype, trust_remote_code
         self._model = self._tokenizer = None
         self._prefixes: dict = {}
         self.seq2seq = False
+
+    @property
+    def batch_invariant(self) -> bool:
+        """fp32: a text's outputs do not depend on its batch neighbours; bf16/fp16 round-off does."""
+        return self.dtype_name == "fp32"
 
     def settings(self) -> dict:
         return {"kind": self.kind, "model": model_identity(self.location, self.gguf_file), "dtype": self.dtype_name,

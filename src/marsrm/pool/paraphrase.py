@@ -157,6 +157,7 @@ class Paraphraser:
 
     kind = "base"
     can_rewrite = True
+    batch_invariant = True  # a text's outputs never depend on the other texts of the call
 
     def __init__(self):
         self.tokens = 0  # generated tokens so far (the progress bar's tokens/s)

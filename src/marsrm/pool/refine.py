@@ -66,8 +66,11 @@ def _cached_rewrites(rewriter: Paraphraser, store: ParaphraseStore | None, texts
 
     try:
         rewriter.complete([tasks[i] for i in todo], on_done=on_done)
-    finally:
-        store.put(finished)
+    except BaseException:
+        if rewriter.batch_invariant:  # otherwise a resumed run must form the same batch again (see build.py)
+            store.put(finished)
+        raise
+    store.put(finished)
     return [store.get(key)["outputs"][0] for key in keys]
 
 
