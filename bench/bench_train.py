@@ -2,11 +2,11 @@
 
 Both train the same freshly initialised MiniLM-L6 `AutoModelForSequenceClassification` (num_labels=1, identical
 score-head initialisation) on the same helpful-base pairs, the same token ids (marsrm's HH formatting, LEFT
-truncation at `max_length`), batch size, learning rate, schedule, warm-up steps, clipping and seed, in fp32 with
-dropout on. Only the training loops differ:
+truncation at `max_length`), batch size, learning rate, schedule, warm-up steps, clipping, seed, precision and
+dropout. Only the training loops differ:
 
 - marsrm: `train_epochs` over `TokenExamples`: length-grouped batches, chosen+rejected stacked in one forward,
-  padded to the longest sequence of the batch.
+  padded to the longest sequence of the batch, fused AdamW.
 - TRL: `RewardTrainer` (Hugging Face `Trainer`): random batches, chosen+rejected stacked in one forward
   (`DataCollatorForPreference`), padded to the longest sequence of the batch.
 
@@ -18,21 +18,22 @@ Timed: the training loop only (per-step collate, forward, backward, clipping, op
 library's per-step bookkeeping). Not timed: model load, tokenisation, TRL's dataset preparation, optimizer
 construction. Held-out accuracy of both trained models comes from the same scorer (`FullRewardModel.score_pairs`).
 
-    HF_HUB_OFFLINE=1 .venv/bin/python bench/bench_train.py               # 2 trainings: 8–10 min at load 5–8
-    HF_HUB_OFFLINE=1 .venv/bin/python bench/bench_train.py --repeats 2   # A B B A, so drift in load cancels
-    HF_HUB_OFFLINE=1 .venv/bin/python bench/bench_train.py \
-        --variants marsrm,trl,trl-defaults,marsrm-bf16,marsrm-fused,marsrm-proposed
+    HF_HUB_OFFLINE=1 .venv/bin/python bench/bench_train.py                # marsrm vs trl: ≈ 5 min on 2 idle cores
+    HF_HUB_OFFLINE=1 .venv/bin/python bench/bench_train.py --repeats 2    # A B B A, so drift in load cancels
+    HF_HUB_OFFLINE=1 .venv/bin/python bench/bench_train.py --variants marsrm,trl,trl-defaults,marsrm-fp32,trl-fp32
 
-Variants: `marsrm` (the `marsrm train --mode full` defaults), `trl` (RewardTrainer with the settings above),
-`trl-defaults` (RewardTrainer as it ships: bf16 autocast, gradient checkpointing, dropout off), `marsrm-bf16`
-(`--mixed-precision bf16`), `marsrm-fused` (fused AdamW in `train_epochs`, the fix bench/README.md proposes,
-simulated here without editing the library), `marsrm-proposed` (bf16 autocast + fused AdamW + dropout off). The
-first two are the comparison the target is about.
+Variants:
+  marsrm        `marsrm train --mode full` as it ships: bf16 autocast where the CPU/GPU runs bf16 natively
+                (`--mixed-precision auto`), dropout off, fused AdamW
+  trl           RewardTrainer with marsrm's settings: the same precision, dropout off, no gradient checkpointing
+  trl-defaults  RewardTrainer as it ships (bf16 where available, gradient checkpointing, dropout off)
+  marsrm-fp32   `--mixed-precision no --dropout`
+  trl-fp32      RewardTrainer with bf16=False and dropout on, no gradient checkpointing
+The first two are the comparison the target is about.
 """
 from __future__ import annotations
 
 import argparse
-import functools
 import json
 import math
 import os
@@ -107,14 +108,14 @@ def make_config(args):
                        progress=False)
 
 
-def fresh_model(config):
+def fresh_model(config, dropout: bool = True):
     """What `marsrm train --mode full` builds: the seeded, newly initialised reward model."""
     from marsrm.model import ModelSpec, new_full_model, resolve_backbone
 
     spec = ModelSpec(mode="full", backbone=resolve_backbone(config.backbone), max_length=config.max_length,
                      template=config.template)
     torch.manual_seed(config.seed)
-    model = new_full_model(spec)
+    model = new_full_model(spec, dropout=dropout)
     model.tokenizer.eos_token = model.tokenizer.sep_token  # BERT has no EOS; TRL needs one (marsrm sets it too)
     return model
 
@@ -142,23 +143,15 @@ def fresh_accelerate_state() -> None:
     AcceleratorState._reset_state(reset_partial_state=True)
 
 
-def run_marsrm(config, examples, mixed_precision: str = "no", fused: bool = False,
-               dropout: bool = True) -> tuple[torch.nn.Module, dict]:
-    """`train_epochs` exactly as `marsrm train --mode full` calls it.
-
-    `fused` and `dropout=False` simulate, without editing the library, changes bench/README.md discusses: fused
-    AdamW in `train_epochs` (Hugging Face's default optimizer) and dropout off (TRL's `disable_dropout`).
-    """
+def run_marsrm(config, examples, mixed_precision: str | None = None,
+               dropout: bool | None = None) -> tuple[torch.nn.Module, dict]:
+    """`train_epochs` exactly as `marsrm train --mode full` calls it (the config's precision and dropout unless
+    given)."""
     from marsrm.train import make_accelerator, train_epochs
 
-    model = fresh_model(config)
-    library_adamw = torch.optim.AdamW
-    if not dropout:
-        for module in model.model.modules():
-            if isinstance(module, torch.nn.Dropout):
-                module.p = 0.0
-    if fused:
-        torch.optim.AdamW = functools.partial(library_adamw, fused=True)  # restored below
+    mixed_precision = config.mixed_precision if mixed_precision is None else mixed_precision
+    dropout = config.dropout if dropout is None else dropout
+    model = fresh_model(config, dropout=dropout)
     padding = Padding()
     library_collate = examples.collate
     step_starts = []
@@ -179,7 +172,6 @@ def run_marsrm(config, examples, mixed_precision: str = "no", fused: bool = Fals
             ended = time.perf_counter()
     finally:
         del examples.collate
-        torch.optim.AdamW = library_adamw
     loop_s = summary["seconds"]
     after_first = None
     if len(step_starts) > 1:
@@ -189,11 +181,14 @@ def run_marsrm(config, examples, mixed_precision: str = "no", fused: bool = Fals
                    "call": meter.as_dict(), "pairs_per_cpu_s": summary["pairs"] / meter.cpu,
                    "padding": padding.as_dict(), "mixed_precision": accelerator.mixed_precision,
                    "autocast": bool(accelerator.native_amp), "dropout": dropout, "gradient_checkpointing": False,
-                   "optimizer": "adamw_torch_fused" if fused else "adamw_torch (for-loop)"}
+                   "optimizer": "adamw_torch_fused"}
 
 
-def run_trl(config, examples, workdir: str, *, defaults: bool = False) -> tuple[torch.nn.Module, dict]:
-    """`trl.RewardTrainer` on the same token ids; `defaults` keeps TRL's own precision/checkpointing/dropout."""
+def run_trl(config, examples, workdir: str, *, settings: str = "marsrm") -> tuple[torch.nn.Module, dict]:
+    """`trl.RewardTrainer` on the same token ids. `settings`: "marsrm" (marsrm's default precision, dropout off,
+    no gradient checkpointing), "fp32" (bf16 off, dropout on, no checkpointing), "defaults" (TRL as it ships)."""
+    from marsrm.train import resolve_mixed_precision
+
     from datasets import Dataset
     from transformers import TrainerCallback
     from trl import RewardConfig, RewardTrainer
@@ -224,7 +219,10 @@ def run_trl(config, examples, workdir: str, *, defaults: bool = False) -> tuple[
             self.wall, self.cpu = time.perf_counter() - self.wall, time.process_time() - self.cpu
 
     fresh_accelerate_state()
-    matched = {} if defaults else {"bf16": False, "gradient_checkpointing": False, "disable_dropout": False}
+    matched = {"defaults": {},
+               "fp32": {"bf16": False, "gradient_checkpointing": False, "disable_dropout": False},
+               "marsrm": {"bf16": resolve_mixed_precision(config.mixed_precision, cpu=True) == "bf16",
+                          "gradient_checkpointing": False, "disable_dropout": not config.dropout}}[settings]
     args = RewardConfig(
         output_dir=workdir, per_device_train_batch_size=optim.batch_size, num_train_epochs=optim.epochs,
         learning_rate=optim.lr, lr_scheduler_type=optim.scheduler, weight_decay=optim.weight_decay,
@@ -266,8 +264,7 @@ def main(argv=None) -> int:
     parser.add_argument("--lr", type=float, default=3e-5)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--variants", default="marsrm,trl",
-                        help="comma-separated, run in this order: marsrm, trl, trl-defaults, marsrm-bf16, "
-                        "marsrm-fused, marsrm-proposed")
+                        help="comma-separated, run in this order: marsrm, trl, trl-defaults, marsrm-fp32, trl-fp32")
     parser.add_argument("--repeats", type=int, default=1,
                         help="train each variant this many times, the order reversed every other time (A B B A …) "
                         "so drift in a shared machine's load cancels; throughput pools the repeats")
@@ -309,15 +306,12 @@ def main(argv=None) -> int:
                 print(f"training: {name} (repeat {repeat + 1} of {args.repeats}) …", flush=True)
                 if name == "marsrm":
                     model, run = run_marsrm(config, examples)
-                elif name == "marsrm-bf16":
-                    model, run = run_marsrm(config, examples, mixed_precision="bf16")
-                elif name == "marsrm-fused":
-                    model, run = run_marsrm(config, examples, fused=True)
-                elif name == "marsrm-proposed":
-                    model, run = run_marsrm(config, examples, mixed_precision="bf16", fused=True, dropout=False)
-                elif name in {"trl", "trl-defaults"}:
+                elif name == "marsrm-fp32":
+                    model, run = run_marsrm(config, examples, mixed_precision="no", dropout=True)
+                elif name in {"trl", "trl-defaults", "trl-fp32"}:
                     model, run = run_trl(config, examples, str(Path(workdir) / f"{name}-{repeat}"),
-                                         defaults=name == "trl-defaults")
+                                         settings={"trl": "marsrm", "trl-defaults": "defaults",
+                                                   "trl-fp32": "fp32"}[name])
                 else:
                     parser.error(f"--variants: unknown variant '{name}'")
                 print(f"  {run['pairs_per_s']:.3f} pairs/s over {run['loop_s']:.1f} s, padding "

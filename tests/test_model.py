@@ -70,6 +70,19 @@ def test_full_model_is_a_standard_directory(tmp_path, minilm_path):
     assert np.allclose(loaded.score(PROMPTS, RESPONSES, normalize=True), (ours - 1.0) / 2.0, atol=1e-5)
 
 
+def test_dropout_off_makes_training_mode_deterministic(minilm_path):
+    spec = ModelSpec(mode="full", backbone=minilm_path, max_length=64)
+    model = new_full_model(spec, dropout=False).model.train()
+    from transformers import AutoTokenizer
+
+    batch = AutoTokenizer.from_pretrained(minilm_path)(["a short text"], return_tensors="pt")
+    model_inputs = {k: batch[k] for k in ("input_ids", "attention_mask")}
+    assert all(m.p == 0.0 for m in model.modules() if isinstance(m, torch.nn.Dropout))
+    assert torch.equal(model(**model_inputs).logits, model(**model_inputs).logits)
+    with_dropout = new_full_model(spec).model.train()
+    assert any(m.p > 0 for m in with_dropout.modules() if isinstance(m, torch.nn.Dropout))
+
+
 def test_pickle_weights_refused_unless_allowed(tmp_path):
     (tmp_path / "config.json").write_text("{}")
     torch.save({"w": torch.zeros(1)}, tmp_path / "pytorch_model.bin")

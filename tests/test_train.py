@@ -126,3 +126,13 @@ def test_an_accelerator_of_another_precision_earlier_in_the_process_does_not_blo
 
     assert make_accelerator("bf16", cpu=True).mixed_precision == "bf16"  # as a TRL trainer might leave it
     assert make_accelerator("no", cpu=True).mixed_precision == "no"
+
+
+def test_auto_mixed_precision_is_bf16_exactly_where_the_cpu_computes_it_natively():
+    from marsrm.features import cpu_has_bf16
+    from marsrm.train import make_accelerator, resolve_mixed_precision
+
+    expected = "bf16" if cpu_has_bf16() else "no"
+    assert resolve_mixed_precision("auto", cpu=True) == expected
+    assert make_accelerator("auto", cpu=True).mixed_precision == expected
+    assert resolve_mixed_precision("fp16", cpu=True) == "fp16"

@@ -283,8 +283,9 @@ class FullRewardModel(RewardModel):
         return directory
 
 
-def new_full_model(spec: ModelSpec, *, lora: dict | None = None, allow_pickle: bool = False):
-    """A fresh `full`-mode reward model from the backbone (score head newly initialised)."""
+def new_full_model(spec: ModelSpec, *, lora: dict | None = None, allow_pickle: bool = False, dropout: bool = True):
+    """A fresh `full`-mode reward model from the backbone (score head newly initialised); `dropout=False` sets
+    every dropout probability of the backbone to 0, as TRL's `disable_dropout` does."""
     from transformers import AutoModelForSequenceClassification
 
     check_no_pickle(spec.backbone, allow_pickle)
@@ -292,6 +293,10 @@ def new_full_model(spec: ModelSpec, *, lora: dict | None = None, allow_pickle: b
     model = AutoModelForSequenceClassification.from_pretrained(
         spec.backbone, num_labels=1, trust_remote_code=spec.trust_remote_code, use_safetensors=not allow_pickle)
     model.config.pad_token_id = tokenizer.pad_token_id
+    if not dropout:
+        for module in model.modules():
+            if isinstance(module, torch.nn.Dropout):
+                module.p = 0.0
     if lora:
         from peft import LoraConfig, TaskType, get_peft_model
 

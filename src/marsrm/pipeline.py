@@ -86,7 +86,10 @@ class ModelSettings:
                                "natively", choices=["auto", "bf16", "fp32"])
     lora_r: int = setting(0, "full mode: LoRA rank through peft; 0 = train all weights")
     lora_alpha: int = setting(16, "full mode: LoRA alpha")
-    mixed_precision: str = setting("no", "full mode: Accelerate mixed precision", choices=["no", "bf16", "fp16"])
+    mixed_precision: str = setting("auto", "full mode: Accelerate mixed precision; auto = bf16 where the CPU/GPU "
+                                   "runs it natively, else none", choices=["auto", "no", "bf16", "fp16"])
+    dropout: bool = setting(False, "full mode: keep the backbone's dropout on while training (off by default, "
+                            "as in TRL's RewardTrainer)")
     trust_remote_code: bool = setting(False, "allow a backbone's own Python code to run (off: safer)")
     allow_pickle: bool = setting(False, "allow loading pickle weights (off: they can run arbitrary code)")
 
@@ -229,7 +232,7 @@ def build_model(config: TrainConfig):
         spec.embed_dtype = encoder.dtype
         return HeadRewardModel(spec, ScalarHead(encoder.dim, spec.head_hidden), encoder=encoder)
     lora = {"r": config.lora_r, "lora_alpha": config.lora_alpha, "lora_dropout": 0.05} if config.lora_r else None
-    return new_full_model(spec, lora=lora, allow_pickle=config.allow_pickle)
+    return new_full_model(spec, lora=lora, allow_pickle=config.allow_pickle, dropout=config.dropout)
 
 
 def _pair_margin_column(pairs) -> np.ndarray | None:

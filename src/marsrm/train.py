@@ -153,11 +153,26 @@ def length_grouped_batches(lengths: np.ndarray, batch_size: int, rng: np.random.
 # The epochs
 # ---------------------------------------------------------------------------------------------
 
+def resolve_mixed_precision(mixed_precision: str, cpu: bool = False) -> str:
+    """'auto' → 'bf16' where the training device computes bf16 natively (CPU with AVX-512 BF16/AMX, recent
+    GPUs), else 'no'. bf16 autocast trained MiniLM 1.4× faster than fp32 on 2 CPU cores at the same held-out
+    accuracy (bench/bench_train.py)."""
+    if mixed_precision != "auto":
+        return mixed_precision
+    from accelerate.state import PartialState
+
+    from marsrm.features import native_bf16
+
+    return "bf16" if native_bf16(torch.device("cpu") if cpu else PartialState().device) else "no"
+
+
 def make_accelerator(mixed_precision: str = "no", cpu: bool = False):
-    """An Accelerator with this precision, even if something else in the process made one with another."""
+    """An Accelerator with this precision ('auto' resolved), even if something else in the process made one
+    with another."""
     from accelerate import Accelerator
     from accelerate.state import AcceleratorState, PartialState
 
+    mixed_precision = resolve_mixed_precision(mixed_precision, cpu)
     state = AcceleratorState._shared_state
     other_precision = state and state.get("_mixed_precision", mixed_precision) != mixed_precision
     if other_precision and PartialState().num_processes == 1:
