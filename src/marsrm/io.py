@@ -3,8 +3,15 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import tempfile
 from pathlib import Path
+
+
+def _umask() -> int:
+    umask = os.umask(0)
+    os.umask(umask)
+    return umask
 
 
 def atomic_write(path: str | os.PathLike, write) -> Path:
@@ -16,9 +23,7 @@ def atomic_write(path: str | os.PathLike, write) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600 files; give the result the usual permissions
+    os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600 files; give the result the usual permissions
     try:
         write(tmp)
         with open(tmp, "rb+") as handle:
@@ -28,6 +33,42 @@ def atomic_write(path: str | os.PathLike, write) -> Path:
         if os.path.exists(tmp):
             os.unlink(tmp)
     return path
+
+
+def atomic_write_dir(path: str | os.PathLike, write) -> Path:
+    """Call `write(tmp_dir)` on an empty folder beside `path`, then rename it to `path` (replacing an old one).
+
+    A reader sees no folder, the old one, or the complete new one; never a folder with some files missing
+    or cut short (transformers' `save_pretrained`, for one, writes straight to the final names).
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes 0700 folders
+    try:
+        write(tmp)
+        if path.exists():
+            shutil.rmtree(path)
+        os.replace(tmp, path)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return path
+
+
+def remove_temporaries(directory: str | os.PathLike) -> int:
+    """Delete what `atomic_write` and `atomic_write_dir` leave behind when the process is killed mid-write
+    (`.<name>.<random>.tmp` files and folders) anywhere under `directory`; returns how many.
+
+    Only for a directory no other process is writing to (e.g. a run directory being resumed).
+    """
+    removed = 0
+    for path in sorted(Path(directory).rglob(".*.tmp"), reverse=True):  # deepest first
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            path.unlink(missing_ok=True)
+        removed += 1
+    return removed
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> Path:

@@ -25,7 +25,8 @@ import torch
 from marsrm import allocate as alloc
 from marsrm import metrics
 from marsrm.config import ConfigError, setting, to_yaml
-from marsrm.io import MetricsLog, atomic_write_json, atomic_write_text, read_jsonl
+from marsrm.io import (MetricsLog, atomic_write, atomic_write_dir, atomic_write_json, atomic_write_text, read_jsonl,
+                       remove_temporaries)
 from marsrm.pipeline import (TrainConfig, build_model, evaluate_scores, flat_values, load_split, make_learner,
                              prepare_run_dir)
 from marsrm.train import make_accelerator
@@ -163,9 +164,9 @@ def run(config: RunConfig, echo=print, pool=None) -> dict:
         raise ConfigError(f"setting 'pool': strategy '{config.strategy}' samples variants; build a pool with "
                           "`marsrm augment` and pass --pool DIR")
     run_dir = Path(config.output)
-    start_round = 1
+    start_round, step = 1, 0
     if config.resume:
-        start_round = _resume_point(config, run_dir)
+        start_round, step = _resume_point(config, run_dir)
         echo(f"resuming {run_dir} at round {start_round}")
     else:
         prepare_run_dir(run_dir, config.overwrite)
@@ -190,7 +191,6 @@ def run(config: RunConfig, echo=print, pool=None) -> dict:
         learner.load_state(run_dir / "checkpoints" / f"round-{start_round - 1}")
         accumulated = _load_accumulated(run_dir, start_round - 1, pool) if config.accumulate else []
 
-    step = 0
     for round_ in range(start_round, config.rounds + 1):
         rng = np.random.default_rng([config.seed, round_])
         started = time.perf_counter()
@@ -232,7 +232,7 @@ def run(config: RunConfig, echo=print, pool=None) -> dict:
                   "lowest_decile_budget_share": alloc.lowest_margin_decile_share(margins, counts),
                   "synthetic_pairs": len(accumulated), "pseudo_label_swaps": swapped, **curvature,
                   "allocation_seconds": allocation_seconds, "curvature_seconds": curvature_seconds,
-                  "train_seconds": trained["seconds"], "train_pairs_per_s": trained["pairs_per_s"]}
+                  "train_seconds": trained["seconds"], "train_pairs_per_s": trained["pairs_per_s"], "step": step}
         measured = time.perf_counter()
         for name, pairs in (("val", split.val), ("eval", split.eval)):
             if pairs:
@@ -243,8 +243,10 @@ def run(config: RunConfig, echo=print, pool=None) -> dict:
         record["eval_seconds"] = time.perf_counter() - measured
         _save_round(run_dir, round_, margins, counts, pair_index, variant_index, swapped=(
             [k for k, v in enumerate(sample) if v.meta.get("pseudo_label") == "swapped"]))
-        model.save(run_dir / "checkpoints" / f"round-{round_}")
         log.log(record, step=round_)
+        # The checkpoint commits the round (see `_resume_point`), so it comes after everything else the round
+        # writes: a kill before it reruns the round, a kill after it finds every file of the round in place.
+        atomic_write_dir(run_dir / "checkpoints" / f"round-{round_}", model.save)
         echo(_round_line(record))
 
     results = _finish(config, run_dir, learner, model, split, reports)
@@ -286,8 +288,6 @@ def _save_round(run_dir: Path, round_: int, margins, counts, pair_index, variant
         with open(tmp, "wb") as handle:
             np.savez(handle, margins=margins, counts=counts, pair_index=pair_index, variant_index=variant_index)
 
-    from marsrm.io import atomic_write
-
     atomic_write(run_dir / "rounds" / f"round-{round_}.npz", write)
     if swapped:
         atomic_write_json(run_dir / "rounds" / f"round-{round_}-swapped.json", swapped)
@@ -304,8 +304,10 @@ def _load_accumulated(run_dir: Path, last_round: int, pool: BasePool) -> list:
     return sample
 
 
-def _resume_point(config: RunConfig, run_dir: Path) -> int:
-    """The first round still to run; refuses a directory made with different settings."""
+def _resume_point(config: RunConfig, run_dir: Path) -> tuple[int, int]:
+    """(the first round still to run, optimizer steps taken before it); refuses a directory made with different
+    settings. A round is done when its checkpoint exists (written last); whatever a killed process left of later
+    rounds or of the final evaluation is removed, so the resumed run writes the files an uninterrupted one would."""
     fingerprint_file = run_dir / "fingerprint.json"
     if not fingerprint_file.exists():
         raise ConfigError(f"setting 'resume': {run_dir} holds no run to resume (no fingerprint.json)")
@@ -320,19 +322,25 @@ def _resume_point(config: RunConfig, run_dir: Path) -> int:
     while (run_dir / "checkpoints" / f"round-{done + 1}" / "marsrm.json").exists() and \
             (run_dir / "rounds" / f"round-{done + 1}.npz").exists():
         done += 1
+    remove_temporaries(run_dir)
     # Forget log lines of a round that was cut short: it will run again.
     metrics_file = run_dir / "metrics.jsonl"
-    if metrics_file.exists():
-        kept = [r for r in _read_metrics_tolerant(metrics_file) if r.get("event") != "round" or r["round"] <= done]
-        kept = [r for r in kept if r.get("event") == "round"]
-        atomic_write_text(metrics_file, "".join(json.dumps(r) + "\n" for r in kept))
+    records = _read_metrics_tolerant(metrics_file) if metrics_file.exists() else []
+    rounds = [r for r in records if r.get("event") == "round" and r["round"] <= done]
+    step = rounds[-1].get("step") if rounds else 0
+    if step is None:  # a run from before rounds recorded their step: keep the round lines only
+        kept, step = rounds, 0
+    else:
+        kept = [r for r in records if (r.get("event") == "round" and r["round"] <= done)
+                or (r.get("event") == "train" and r["step"] <= step)]
+    atomic_write_text(metrics_file, "".join(json.dumps(r) + "\n" for r in kept))
     shutil.rmtree(run_dir / "tensorboard", ignore_errors=True)
     for stale in (run_dir / "model", run_dir / "results.json"):
         if stale.is_dir():
             shutil.rmtree(stale)
         elif stale.exists():
             stale.unlink()
-    return done + 1
+    return done + 1, step
 
 
 def _read_metrics_tolerant(path: Path) -> list[dict]:
@@ -344,6 +352,11 @@ def _read_metrics_tolerant(path: Path) -> list[dict]:
         except json.JSONDecodeError:
             break
     return records
+
+
+def _write_npy(path, array) -> None:
+    with open(path, "wb") as handle:  # np.save on a name would append ".npy" to the temporary's name
+        np.save(handle, array)
 
 
 def _finish(config: RunConfig, run_dir: Path, learner, model, split, reports) -> dict:
@@ -358,12 +371,9 @@ def _finish(config: RunConfig, run_dir: Path, learner, model, split, reports) ->
             chosen, rejected = learner.scores(pairs)
             results[name] = evaluate_scores(pairs, chosen, rejected, n_resamples=config.n_resamples,
                                             seed=config.seed)
-            margins_file = run_dir / f"{name}_margins.npy"
-            from marsrm.io import atomic_write
-
-            atomic_write(margins_file, lambda tmp, m=chosen - rejected: np.save(open(tmp, "wb"), m))
+            atomic_write(run_dir / f"{name}_margins.npy", lambda tmp, m=chosen - rejected: _write_npy(tmp, m))
             atomic_write_json(run_dir / f"{name}_ids.json", [p.id for p in pairs])
-    model.save(run_dir / "model")
+    atomic_write_dir(run_dir / "model", model.save)
     results["rounds_log"] = [r for r in read_jsonl(run_dir / "metrics.jsonl") if r.get("event") == "round"]
     atomic_write_json(run_dir / "results.json", results)
     return results

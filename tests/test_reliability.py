@@ -1,0 +1,282 @@
+"""Reliability: the MARS loop killed at random moments, concurrent pool builds, HTTP faults, secrets and hostile
+ids, large pools (docs/RELIABILITY.md says what each guarantees and how long it takes)."""
+import hashlib
+import json
+import os
+import random
+import select
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+from marsrm.pool import FilterSettings, Paraphraser, build_pool
+
+SCRIPTS = Path(__file__).parent / "scripts"
+QUIET = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false",
+         "HF_HUB_OFFLINE": "1"}  # one thread each: the machine is shared, and BLAS threads fight on two cores
+
+
+class WordDropout(Paraphraser):
+    """Deterministic stand-in paraphrases: each word dropped with probability 0.15, seeded by the task."""
+
+    kind = "word-dropout"
+
+    def settings(self):
+        return {"kind": self.kind, "p": 0.15}
+
+    def complete(self, tasks, on_done=None):
+        out = []
+        for index, task in enumerate(tasks):
+            rng = random.Random(task.seed)
+            words = task.text.split()
+            out.append(" ".join(w for w in words if rng.random() > 0.15) or task.text)
+            if on_done is not None:
+                on_done(index, out[-1])
+        return out
+
+
+# --- files that must read back whole ---------------------------------------------------------------------------
+
+def is_temporary(path: Path, root: Path) -> bool:
+    """Inside or named like an `atomic_write` temporary (.<name>.<random>.tmp): partial by design."""
+    return any(part.startswith(".") and part.endswith(".tmp") for part in path.relative_to(root).parts)
+
+
+def check_readable(root: Path) -> int:
+    """Every JSON, JSONL, YAML, npy, npz and safetensors file under `root` parses completely; returns how many.
+
+    metrics.jsonl is an append-only log: its last line may be cut by a kill (a resume drops it), so a line that
+    does not parse is allowed only at the very end, without its newline.
+    """
+    from safetensors.torch import load_file
+
+    checked = 0
+    for path in sorted(root.rglob("*")):
+        if not path.is_file() or is_temporary(path, root):
+            continue
+        suffix = path.suffix
+        if suffix == ".json":
+            json.loads(path.read_text(encoding="utf-8"))
+        elif suffix == ".jsonl":
+            text = path.read_text(encoding="utf-8")
+            lines = text.split("\n")
+            for number, line in enumerate(lines[:-1], 1):
+                assert line.strip(), f"{path}: empty line {number}"
+                json.loads(line)
+            if lines[-1]:
+                assert path.name == "metrics.jsonl", f"{path}: last line without its newline"
+        elif suffix in (".yaml", ".yml"):
+            yaml.safe_load(path.read_text(encoding="utf-8"))
+        elif suffix == ".npy":
+            np.load(path, allow_pickle=False)
+        elif suffix == ".npz":
+            with np.load(path, allow_pickle=False) as arrays:
+                for name in arrays.files:
+                    arrays[name]
+        elif suffix == ".safetensors":
+            load_file(str(path))
+        else:
+            continue
+        checked += 1
+    return checked
+
+
+TIMING = ("seconds", "_per_s")
+
+
+def without_timings(value):
+    """A JSON value with wall-clock measurements (…_seconds, …_per_s) left out, at any depth."""
+    if isinstance(value, dict):
+        return {k: without_timings(v) for k, v in value.items() if not k.endswith(TIMING)}
+    if isinstance(value, list):
+        return [without_timings(v) for v in value]
+    return value
+
+
+def run_files(run_dir: Path) -> dict:
+    """A run directory's content for comparison: each file's SHA-256, or for the logs and the config, what they
+    say without timings and without the directory's own name."""
+    out = {}
+    for path in sorted(run_dir.rglob("*")):
+        relative = path.relative_to(run_dir).as_posix()
+        if not path.is_file() or relative.startswith("tensorboard/"):  # event files are named by time and host
+            continue
+        if path.name == "metrics.jsonl":
+            out[relative] = [without_timings(json.loads(line)) for line in path.read_text().splitlines()]
+        elif path.name == "results.json":
+            out[relative] = without_timings(json.loads(path.read_text()))
+        elif path.name == "config.yaml":
+            out[relative] = {k: v for k, v in yaml.safe_load(path.read_text()).items() if k != "output"}
+        else:
+            out[relative] = hashlib.sha256(path.read_bytes()).hexdigest()
+    return out
+
+
+# --- 1. the MARS loop killed at random moments -----------------------------------------------------------------
+
+class ForkServer:
+    """tests/scripts/fork_server.py: `marsrm` commands as children of one warm process (see its docstring)."""
+
+    def __init__(self, env):
+        self.process = subprocess.Popen([sys.executable, str(SCRIPTS / "fork_server.py")], stdin=subprocess.PIPE,
+                                        stdout=subprocess.PIPE, text=True, env=env)
+        self.child = None
+        assert self._line(600) == "ready"  # minutes only where other work starves this process
+
+    def _line(self, timeout):
+        ready, _, _ = select.select([self.process.stdout], [], [], timeout)
+        return self.process.stdout.readline().strip() if ready else None
+
+    def start(self, argv, log) -> int:
+        self.process.stdin.write(json.dumps({"argv": argv, "log": str(log)}) + "\n")
+        self.process.stdin.flush()
+        line = self._line(60)
+        assert line and line.startswith("pid "), line
+        self.child = int(line.split()[1])
+        return self.child
+
+    def wait(self, timeout) -> int | None:
+        """The child's exit code, or None if it is still running after `timeout` seconds."""
+        line = self._line(timeout)
+        if line is None:
+            return None
+        assert line.startswith("exit "), line
+        self.child = None
+        return int(line.split()[1])
+
+    def run(self, argv, log, limit=300) -> tuple[int, float]:
+        started = time.perf_counter()
+        self.start(argv, log)
+        code = self.wait(limit)
+        assert code is not None, f"marsrm {' '.join(argv)} ran past {limit} s"
+        return code, time.perf_counter() - started
+
+    def close(self):
+        if self.child is not None:  # a test failed while a command ran
+            os.kill(self.child, signal.SIGKILL)
+        self.process.kill()
+        self.process.wait()
+
+
+LOOP_DATA = {"train_size": 40, "eval_size": 20, "val_size": 0, "seed": 0}
+
+
+@pytest.fixture(scope="module")
+def loop_setup(tmp_path_factory, hh_dir):
+    """A pool directory for the first 40 training pairs (word-dropout variants, 3×3 per pair) and an embedding
+    cache for all the runs of this module."""
+    from marsrm.loop import RunConfig
+    from marsrm.pipeline import load_split
+
+    root = tmp_path_factory.mktemp("loop")
+    data = str(hh_dir / "helpful-online-test.jsonl.gz")
+    split, _ = load_split(RunConfig(data=data, **LOOP_DATA), echo=lambda *_: None)
+    build_pool(split.train, WordDropout(), root / "pool", n=3, targets="responses",
+               label_filter=FilterSettings(min_cosine=0.0), progress=False, echo=lambda *_: None)
+    return {"data": data, "pool": root / "pool", "cache": root / "cache", "root": root}
+
+
+def loop_argv(setup, output, extra=()):
+    return ["run", "--data", setup["data"], "--train-size", "40", "--eval-size", "20", "--val-size", "0",
+            "--pool", str(setup["pool"]), "--rounds", "6", "--budget", "60", "--max-length", "64", "--lr", "0.01",
+            "--n-resamples", "50", "--round-resamples", "20", "--log-every", "2", "--no-progress", "--output",
+            str(output), *extra]
+
+
+KILL_SETTINGS = {"mars": ["--strategy", "mars", "--tau", "1.0"],
+                 "self-train": ["--strategy", "self-train", "--accumulate"]}  # swapped labels, accumulated samples
+KILLS_PER_SETTING = 10
+
+
+def test_a_mars_run_killed_at_random_moments_resumes_to_the_uninterrupted_run(loop_setup):
+    root = loop_setup["root"]
+    server = ForkServer({**os.environ, **QUIET, "MARSRM_CACHE": str(loop_setup["cache"])})
+    rng = np.random.default_rng(20240611)
+    report = {"kills": 0, "finished": 0, "files_checked": 0, "resumes": 0}
+    started = time.perf_counter()
+    try:
+        seconds = {}
+        for name, extra in KILL_SETTINGS.items():
+            code, seconds[name] = server.run(loop_argv(loop_setup, root / f"whole-{name}", [*extra, "--overwrite"]),
+                                             root / "log.txt")
+            assert code == 0, (root / "log.txt").read_text()[-3000:]
+        # The first run also filled the embedding cache; the last one's duration is what a run takes now.
+        span = seconds[list(KILL_SETTINGS)[-1]]
+        for name, extra in KILL_SETTINGS.items():
+            whole, killed = run_files(root / f"whole-{name}"), root / f"killed-{name}"
+            kills = 0
+            while kills < KILLS_PER_SETTING:
+                # one sequence: start afresh, then kill and resume until a run gets to its end
+                first = True
+                while True:
+                    resume = not first and (killed / "fingerprint.json").exists()
+                    argv = loop_argv(loop_setup, killed, [*extra, "--resume" if resume else "--overwrite"])
+                    report["resumes"] += resume
+                    first = False
+                    pid = server.start(argv, root / "log.txt")
+                    code = server.wait(float(rng.uniform(0.0, 1.2 * span)))
+                    if code is None:
+                        os.kill(pid, signal.SIGKILL)
+                        assert server.wait(60) == -signal.SIGKILL
+                        kills += 1
+                        report["kills"] += 1
+                        report["files_checked"] += check_readable(killed)
+                        continue
+                    assert code == 0, (root / "log.txt").read_text()[-3000:]
+                    break
+                report["finished"] += 1
+                assert run_files(killed) == whole
+                assert not [p for p in killed.rglob("*") if is_temporary(p, killed)]
+                report["files_checked"] += check_readable(killed)
+    finally:
+        server.close()
+    report["seconds"] = round(time.perf_counter() - started, 1)
+    print(f"\nloop kills: {report}")
+    assert report["kills"] >= 2 * KILLS_PER_SETTING and report["resumes"] >= report["kills"] // 2
+
+
+class Killed(BaseException):
+    """Stands for SIGKILL at one exact point of the loop (in-process, so the point is exact)."""
+
+
+@pytest.mark.parametrize("when", ["before", "after"])
+def test_a_kill_next_to_a_rounds_checkpoint_resumes_to_the_uninterrupted_run(loop_setup, tmp_path, monkeypatch, when):
+    """The checkpoint commits a round: a kill just before it reruns the round, a kill just after it finds the
+    round's log line already written (logging it after the checkpoint lost the line, and the run ended without it)."""
+    import dataclasses
+
+    from threadpoolctl import threadpool_limits
+
+    import marsrm.loop
+    from marsrm.loop import RunConfig, run
+
+    monkeypatch.setenv("MARSRM_CACHE", str(loop_setup["cache"]))
+    config = RunConfig(data=loop_setup["data"], **LOOP_DATA, pool=str(loop_setup["pool"]), rounds=3, budget=60,
+                       tau=1.0, max_length=64, lr=0.01, n_resamples=50, round_resamples=20, log_every=2,
+                       progress=False, output=str(tmp_path / "whole"))
+    real = marsrm.loop.atomic_write_dir
+
+    def killed_at_round_2(path, write):
+        if Path(path).name == "round-2":
+            if when == "after":
+                real(path, write)
+            raise Killed()
+        return real(path, write)
+
+    with threadpool_limits(1):
+        run(config, echo=lambda *_: None)
+        cut = dataclasses.replace(config, output=str(tmp_path / "cut"))
+        monkeypatch.setattr(marsrm.loop, "atomic_write_dir", killed_at_round_2)
+        with pytest.raises(Killed):
+            run(cut, echo=lambda *_: None)
+        monkeypatch.setattr(marsrm.loop, "atomic_write_dir", real)
+        run(dataclasses.replace(cut, resume=True), echo=lambda *_: None)
+    assert run_files(tmp_path / "cut") == run_files(tmp_path / "whole")
+    rounds = [json.loads(line) for line in (tmp_path / "cut" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["round"] for r in rounds if r["event"] == "round"] == [1, 2, 3]
