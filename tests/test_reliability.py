@@ -280,3 +280,59 @@ def test_a_kill_next_to_a_rounds_checkpoint_resumes_to_the_uninterrupted_run(loo
     assert run_files(tmp_path / "cut") == run_files(tmp_path / "whole")
     rounds = [json.loads(line) for line in (tmp_path / "cut" / "metrics.jsonl").read_text().splitlines()]
     assert [r["round"] for r in rounds if r["event"] == "round"] == [1, 2, 3]
+
+
+# --- 2. two processes building one pool ------------------------------------------------------------------------
+
+POOL_PAIRS = Path(__file__).parent / "fixtures" / "pool" / "pairs.jsonl"
+
+
+def augment_argv(output):
+    return ["augment", "--paraphraser", "lexical", "--data", str(POOL_PAIRS), "--train-size", "12", "--n", "3",
+            "--chunk-words", "8", "--output", str(output), "--no-progress"]
+
+
+def cache_records(pool_dir: Path) -> tuple[dict, int]:
+    """(key → outputs over every cache shard, how many records repeat a key); a repeated key must hold the same
+    outputs."""
+    seen, repeats = {}, 0
+    for shard in sorted(pool_dir.glob("cache/*/shard-*.jsonl")):
+        for line in shard.read_text().splitlines():
+            record = json.loads(line)
+            repeats += record["key"] in seen
+            assert seen.setdefault(record["key"], record["outputs"]) == record["outputs"], record["key"]
+    return seen, repeats
+
+
+def test_two_processes_building_one_pool_at_once_end_with_the_single_builds_pool(tmp_path):
+    from marsrm.pool import open_pool
+
+    env = {**os.environ, **QUIET, "MARSRM_CACHE": str(tmp_path / "embeddings")}
+    single = subprocess.run([sys.executable, "-m", "marsrm.cli", *augment_argv(tmp_path / "single")], env=env,
+                            capture_output=True, text=True, timeout=600)
+    assert single.returncode == 0, single.stderr[-2000:]
+    go = tmp_path / "go"
+    both = [subprocess.Popen([sys.executable, str(SCRIPTS / "augment_in_step.py"), str(go), "0.02",
+                              *augment_argv(tmp_path / "shared")], env=env, stdout=subprocess.PIPE,
+                             stderr=subprocess.STDOUT, text=True) for _ in range(2)]
+    assert [p.stdout.readline().strip() for p in both] == ["ready", "ready"]
+    go.touch()
+    outputs = [p.communicate(timeout=600)[0] for p in both]
+    assert [p.returncode for p in both] == [0, 0], outputs
+
+    one, shared = open_pool(tmp_path / "single"), open_pool(tmp_path / "shared")
+    assert shared.ids == one.ids and len(one.ids) == 12
+    for pair_id in one.ids:
+        assert shared.record(pair_id) == one.record(pair_id)
+        assert shared.variants(pair_id) == one.variants(pair_id)
+    assert {k: v for k, v in shared.manifest.items() if k != "report"} == \
+        {k: v for k, v in one.manifest.items() if k != "report"}
+    assert shared.report["filter"] == one.report["filter"] and shared.report["variants"] == one.report["variants"]
+    entries, repeats = cache_records(tmp_path / "shared")
+    assert entries == cache_records(tmp_path / "single")[0]
+    assert [d.name for d in (tmp_path / "shared").glob("pool-*")] == [d.name for d in (tmp_path / "single").glob("pool-*")]
+    assert not [p for p in (tmp_path / "shared").rglob("*") if is_temporary(p, tmp_path / "shared")]
+    checked = check_readable(tmp_path / "shared")
+    print(f"\nconcurrent pool build: {len(one.ids)} pairs, {len(entries)} cache entries, {repeats} written by both "
+          f"processes, {checked} files read back")
+    assert repeats > 0  # the builds did overlap: both paraphrased some texts before either saved them
