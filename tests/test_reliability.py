@@ -330,9 +330,171 @@ def test_two_processes_building_one_pool_at_once_end_with_the_single_builds_pool
     assert shared.report["filter"] == one.report["filter"] and shared.report["variants"] == one.report["variants"]
     entries, repeats = cache_records(tmp_path / "shared")
     assert entries == cache_records(tmp_path / "single")[0]
-    assert [d.name for d in (tmp_path / "shared").glob("pool-*")] == [d.name for d in (tmp_path / "single").glob("pool-*")]
+    folders = [sorted(d.name for d in (tmp_path / name).glob("pool-*")) for name in ("shared", "single")]
+    assert folders[0] == folders[1] and len(folders[0]) == 1
     assert not [p for p in (tmp_path / "shared").rglob("*") if is_temporary(p, tmp_path / "shared")]
     checked = check_readable(tmp_path / "shared")
     print(f"\nconcurrent pool build: {len(one.ids)} pairs, {len(entries)} cache entries, {repeats} written by both "
           f"processes, {checked} files read back")
     assert repeats > 0  # the builds did overlap: both paraphrased some texts before either saved them
+
+
+# --- 3. HTTP faults ---------------------------------------------------------------------------------------------
+
+class FaultServer:
+    """An OpenAI-compatible stand-in on loopback whose k-th chat request meets `schedule(k)`:
+
+    None      answers '<text> #<seed>' (as tests/test_pool_remote.py's stand-in does)
+    "slow"    answers after `slow` seconds (a latency spike within the client's timeout)
+    "hang"    answers after `hang` seconds (past the client's timeout)
+    "drop"    closes the connection without a response
+    "cut"     sends the headers and half the body, then closes (Content-Length promises more)
+    "garbled" sends half the JSON as a complete body
+    "429"     HTTP 429 with `Retry-After: retry_after` (or `retry_after()`, computed as it answers)
+    "503"     HTTP 503 whose body echoes the request's headers (as some proxies do)
+    """
+
+    def __init__(self, schedule=lambda k: None, slow=0.3, hang=4.0, retry_after="0"):
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        from test_pool_remote import answer
+
+        self.schedule, self.times, self.faults, self.lock = schedule, [], [], __import__("threading").Lock()
+        owner = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args):
+                pass
+
+            def do_GET(self):
+                self._send(200, json.dumps({"object": "list", "data": [{"id": "stand-in"}]}).encode())
+
+            def _send(self, status, data, headers=(), length=None):
+                self.send_response(status)
+                for key, value in headers:
+                    self.send_header(key, value)
+                self.send_header("Content-Length", str(len(data) if length is None else length))
+                self.end_headers()
+                self.wfile.write(data)
+                self.wfile.flush()
+
+            def do_POST(self):
+                payload = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                with owner.lock:
+                    count = len(owner.times)
+                    owner.times.append(time.monotonic())
+                    fault = owner.schedule(count)
+                    owner.faults.append(fault)
+                body = json.dumps(answer(payload)).encode()
+                try:
+                    if fault in ("slow", "hang"):
+                        time.sleep(slow if fault == "slow" else hang)
+                    if fault == "drop":
+                        self.close_connection = True
+                    elif fault == "cut":
+                        self._send(200, body[: len(body) // 2], length=len(body))
+                        self.close_connection = True
+                    elif fault == "garbled":
+                        self._send(200, body[: len(body) // 2])
+                    elif fault == "429":
+                        wait = retry_after() if callable(retry_after) else retry_after
+                        self._send(429, b'{"error": "slow down"}', [("Retry-After", wait)])
+                    elif fault == "503":
+                        self._send(503, json.dumps({"error": "overloaded", "request": dict(self.headers)}).encode())
+                    else:
+                        self._send(200, body)
+                except (BrokenPipeError, ConnectionResetError):  # the client gave up first
+                    self.close_connection = True
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/v1"
+        self.thread = __import__("threading").Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def close(self):
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture
+def fault_server():
+    servers = []
+
+    def start(*args, **kwargs):
+        servers.append(FaultServer(*args, **kwargs))
+        return servers[-1]
+
+    yield start
+    for server in servers:
+        server.close()
+
+
+def http_pairs(count=10):
+    from marsrm.data import PreferencePair
+
+    return [PreferencePair(id=f"p{i}", prompt=({"role": "user", "content": f"question number {i}?"},),
+                           chosen=f"a helpful answer {i} with some detail", rejected=f"a poor answer {i}")
+            for i in range(count)]
+
+
+def http_build(url, directory, **settings):
+    from marsrm.pool.remote import OpenAIParaphraser
+
+    paraphraser = OpenAIParaphraser(base_url=url, **{"backoff": 0.01, "timeout": 2.0, "concurrency": 2, **settings})
+    return build_pool(http_pairs(), paraphraser, directory, n=3, label_filter=FilterSettings(min_cosine=0.0),
+                      progress=False, flush_every=4, echo=lambda *_: None)
+
+
+CAUSES = {"hang": "timeout", "drop": "connection", "cut": "truncated body", "garbled": "malformed response",
+          "429": "HTTP 429", "503": "HTTP 503"}
+
+
+def test_http_faults_are_retried_counted_by_cause_and_a_stopped_build_resumes_to_the_healthy_pool(fault_server,
+                                                                                                    tmp_path):
+    from marsrm.pool import BuildStopped, open_pool
+
+    healthy = http_build(fault_server().url, tmp_path / "healthy")
+    # 1. every request from the 21st on loses its connection: the build stops, resumably, saying what happened
+    dead = fault_server(lambda k: "drop" if k >= 20 else None)
+    with pytest.raises(BuildStopped) as stopped:
+        http_build(dead.url, tmp_path / "faulty", retries=2)
+    message = str(stopped.value)
+    assert "run the same command again" in message and "retries (connection " in message and "1 failed" in message
+    # 2. a seeded mix of faults on 18 of the first 60 requests, and latency spikes: retried, counted, resumed
+    rng = random.Random(7)
+    kinds = ["slow"] * 3 + ["hang"] * 2 + ["drop", "cut", "garbled", "429", "503"] * 3 + ["slow"]
+    schedule = dict(zip(rng.sample(range(60), len(kinds)), kinds))
+    flaky = fault_server(schedule.get, retry_after="0.1")
+    started = time.perf_counter()
+    resumed = http_build(flaky.url, tmp_path / "faulty", retries=6)
+    seconds = time.perf_counter() - started
+    assert [resumed.variants(i) for i in resumed.ids] == [healthy.variants(i) for i in healthy.ids]
+    report = open_pool(tmp_path / "faulty").report["requests"]
+    injected = {CAUSES[f]: flaky.faults.count(f) for f in CAUSES}
+    assert all(flaky.faults.count(f) == kinds.count(f) for f in CAUSES)  # every fault was met
+    by_cause = report["retries_by_cause"]
+    assert {c: n for c, n in by_cause.items() if c != "timeout"} == {c: n for c, n in injected.items() if c != "timeout"}
+    assert by_cause["timeout"] >= injected["timeout"]  # a starved machine may time out more; never less
+    assert report["requests"] == len(flaky.times) and report["retries"] == sum(by_cause.values())
+    assert report["failed"] == 0 and report["retry_wait_seconds"] >= 0.1 * injected["HTTP 429"]
+    print(f"\nhttp faults: stopped after {len(dead.times)} requests; resumed with {report['requests']} requests, "
+          f"{report['retries']} retries {by_cause}, {flaky.faults.count('slow')} latency spikes, in {seconds:.1f} s")
+
+
+def test_retry_after_is_honoured_in_seconds_and_as_an_http_date(fault_server):
+    import email.utils
+
+    from marsrm.pool import Task
+    from marsrm.pool.remote import RETRY_AFTER_CAP, OpenAIParaphraser, retry_after_seconds
+
+    assert retry_after_seconds("3") == 3.0 and retry_after_seconds(" 1.5 ") == 1.5
+    assert retry_after_seconds(email.utils.formatdate(1000.0 + 30, usegmt=True), now=1000.0) == 30.0
+    assert retry_after_seconds(email.utils.formatdate(1000.0 - 30, usegmt=True), now=1000.0) == 0.0
+    assert retry_after_seconds("86400") == RETRY_AFTER_CAP
+    assert [retry_after_seconds(v) for v in (None, "", "soon", "nan", "Mon, 99 Foo")] == [None] * 5
+    for header in ("1", lambda: email.utils.formatdate(time.time() + 2, usegmt=True)):  # a date: whole seconds
+        server = fault_server(lambda k: "429" if k == 0 else None, retry_after=header)
+        paraphraser = OpenAIParaphraser(base_url=server.url, backoff=0.0, timeout=5.0, concurrency=1)
+        assert paraphraser.complete([Task("Water the basil.", 3)]) == ["Water the basil. #3"]
+        assert len(server.times) == 2 and server.times[1] - server.times[0] >= 0.9, header
+        assert paraphraser.request_report()["retries_by_cause"] == {"HTTP 429": 1}

@@ -349,8 +349,8 @@ def build_pool(pairs, paraphraser: Paraphraser, directory: str | os.PathLike, n:
               "variants": int(sum(sizes)),
               "variants_per_pair": {"min": min(sizes), "mean": round(float(np.mean(sizes)), 3), "max": max(sizes)},
               "pairs_without_variants": int(sum(s == 0 for s in sizes))}
-    if getattr(paraphraser, "retried", 0):
-        report["retried_requests"] = paraphraser.retried
+    if hasattr(paraphraser, "request_report"):  # HTTP backends: requests, retries by cause, failures
+        report["requests"] = paraphraser.request_report()
     manifest = {"format": FORMAT, "n": n, "seed": seed, "targets": targets, "chunk_words": chunk_words,
                 "fallback": fallback, "filter": settings.to_dict(), "paraphraser": paraphraser.settings(),
                 "cache": os.path.relpath(store.directory, directory), "shards": shards, "report": report,

@@ -2,22 +2,29 @@
 
 One request per output (`n` outputs of a text are `n` requests, each with its own seed from (seed, text,
 index), which servers that honour `seed` turn into reproducible outputs). Requests are spread round-robin
-over several base URLs and run `concurrency` at a time. A request that times out, cannot connect, gets a
-429 or 5xx, or returns malformed JSON is retried `retries` times with exponential backoff (and the server's
-Retry-After when it sends one); after that the whole call raises `BuildStopped`, and the results that
-finished first have already been handed to `on_done`, so the pool builder keeps them.
+over several base URLs and run `concurrency` at a time. A request that times out, cannot connect, loses its
+connection or part of its body, gets a 408/409/425/429 or 5xx, or returns malformed JSON is retried `retries`
+times with exponential backoff (or after the server's Retry-After, seconds or an HTTP date, at most
+`RETRY_AFTER_CAP`); after that the whole call raises `BuildStopped`, and the results that finished first have
+already been handed to `on_done`, so the pool builder keeps them. `request_report()` counts what happened
+(requests, retries by cause, failures); the builder writes it into the pool's manifest, and the stop message
+carries it.
 The API key is read from the environment variable `api_key_env` at request time; it is never stored in a
-setting, a log line, an error message or the cache key.
+setting, a log line, an error message or the cache key, and is cut out of any server text quoted in a message.
 """
 from __future__ import annotations
 
+import email.utils
+import http.client
 import json
 import os
 import random
+import socket
 import threading
 import time
 import urllib.error
 import urllib.request
+from collections import Counter
 from concurrent.futures import ThreadPoolExecutor, as_completed
 
 from marsrm.pool.paraphrase import (EXAMPLES, INSTRUCTIONS, SYSTEM, BuildStopped, Paraphraser, PoolError, Task,
@@ -25,6 +32,7 @@ from marsrm.pool.paraphrase import (EXAMPLES, INSTRUCTIONS, SYSTEM, BuildStopped
 
 DEFAULT_BASE_URL = "http://127.0.0.1:8080/v1"
 RETRY_STATUS = {408, 409, 425, 429, 500, 502, 503, 504}
+RETRY_AFTER_CAP = 120.0  # seconds: a server asking for longer is retried after this (and may stop the build)
 
 
 class _Abandoned(Exception):
@@ -32,11 +40,32 @@ class _Abandoned(Exception):
 
 
 class TransientError(Exception):
-    """A failure worth retrying (timeout, connection, 429/5xx, malformed body)."""
+    """A failure worth retrying; `cause` names its kind for the counters ("timeout", "HTTP 429", …)."""
 
-    def __init__(self, message: str, retry_after: float | None = None):
+    def __init__(self, message: str, cause: str, retry_after: float | None = None):
         super().__init__(message)
-        self.retry_after = retry_after
+        self.cause, self.retry_after = cause, retry_after
+
+
+def retry_after_seconds(value: str | None, now: float | None = None) -> float | None:
+    """A Retry-After header (delay in seconds, or an HTTP date) as seconds to wait, capped at RETRY_AFTER_CAP;
+    None when absent or unreadable."""
+    if not value:
+        return None
+    value = value.strip()
+    try:
+        seconds = float(value)
+    except ValueError:
+        try:
+            when = email.utils.parsedate_to_datetime(value)
+        except (TypeError, ValueError):
+            return None
+        if when is None or when.tzinfo is None:
+            return None
+        seconds = when.timestamp() - (time.time() if now is None else now)
+    if seconds != seconds:  # NaN
+        return None
+    return min(max(seconds, 0.0), RETRY_AFTER_CAP)
 
 
 class OpenAIParaphraser(Paraphraser):
@@ -67,7 +96,11 @@ class OpenAIParaphraser(Paraphraser):
         self._lock = threading.Lock()
         self._abandon = threading.Event()
         self._turn = 0
-        self.retried = 0  # requests that needed a retry (reported by the builder)
+        self.sent = 0  # chat requests sent, retries included
+        self.retried = 0  # retries, all causes
+        self.retries_by_cause: Counter = Counter()
+        self.failed = 0  # requests given up after the last retry
+        self.waited = 0.0  # seconds spent waiting before retries
 
     def settings(self) -> dict:
         # Endpoints are not part of the key: any server running the same model serves the same cache.
@@ -77,12 +110,33 @@ class OpenAIParaphraser(Paraphraser):
 
     # -- HTTP ------------------------------------------------------------------------------------
 
+    def _key(self) -> str | None:
+        return (os.environ.get(self.api_key_env) or None) if self.api_key_env else None
+
     def _headers(self) -> dict:
         headers = {"Content-Type": "application/json", "Accept": "application/json"}
-        key = os.environ.get(self.api_key_env) if self.api_key_env else None
+        key = self._key()
         if key:
             headers["Authorization"] = f"Bearer {key}"
         return headers
+
+    def _redact(self, text: str) -> str:
+        """`text` (from a server or a socket error) with the API key cut out: a server may echo the headers."""
+        key = self._key()
+        return text.replace(key, "[api key]") if key else text
+
+    def request_report(self) -> dict:
+        """What the requests met so far: {"requests", "retries", "retries_by_cause", "failed", "retry_wait_seconds"}."""
+        with self._lock:
+            return {"requests": self.sent, "retries": self.retried,
+                    "retries_by_cause": dict(sorted(self.retries_by_cause.items())), "failed": self.failed,
+                    "retry_wait_seconds": round(self.waited, 3)}
+
+    def _report_line(self) -> str:
+        report = self.request_report()
+        causes = ", ".join(f"{cause} {count}" for cause, count in report["retries_by_cause"].items())
+        return (f"{report['requests']} requests, {report['retries']} retries" + (f" ({causes})" if causes else "")
+                + f", {report['failed']} failed")
 
     def _request(self, url: str, payload: dict | None, timeout: float) -> dict:
         """One HTTP exchange → parsed JSON; raises TransientError (retry) or PoolError (give up now)."""
@@ -93,22 +147,29 @@ class OpenAIParaphraser(Paraphraser):
             with urllib.request.urlopen(request, timeout=timeout) as response:
                 body = response.read()
         except urllib.error.HTTPError as err:
-            detail = err.read()[:200].decode("utf-8", "replace").strip()
+            try:
+                detail = self._redact(err.read()[:200].decode("utf-8", "replace").strip())
+            except (OSError, http.client.HTTPException):  # the error body itself was cut off
+                detail = "(body cut off)"
             if err.code in RETRY_STATUS:
-                retry_after = err.headers.get("Retry-After") if err.headers else None
-                raise TransientError(f"HTTP {err.code} from {url}: {detail}",
-                                     float(retry_after) if retry_after and retry_after.isdigit() else None) from None
+                retry_after = retry_after_seconds(err.headers.get("Retry-After") if err.headers else None)
+                raise TransientError(f"HTTP {err.code} from {url}: {detail}", f"HTTP {err.code}", retry_after) from None
             if err.code in (401, 403):
                 raise PoolError(f"{url}: HTTP {err.code} (not authorised); set the API key in the environment "
                                 f"variable {self.api_key_env} (setting 'api_key_env')") from None
             raise PoolError(f"{url}: HTTP {err.code}: {detail}") from None
-        except (urllib.error.URLError, TimeoutError, ConnectionError, OSError) as err:
+        except http.client.IncompleteRead as err:  # the connection closed before Content-Length bytes came
+            raise TransientError(f"{url}: response cut off after {len(err.partial)} bytes", "truncated body") from None
+        except (urllib.error.URLError, TimeoutError, OSError, http.client.HTTPException) as err:
             reason = getattr(err, "reason", err)
-            raise TransientError(f"{url}: {type(reason).__name__}: {reason}") from None
+            timed_out = isinstance(reason, (TimeoutError, socket.timeout))
+            raise TransientError(self._redact(f"{url}: {type(reason).__name__}: {reason}"),
+                                 "timeout" if timed_out else "connection") from None
         try:
             return json.loads(body)
         except (json.JSONDecodeError, UnicodeDecodeError):
-            raise TransientError(f"{url}: malformed JSON in the response ({body[:80]!r})") from None
+            raise TransientError(self._redact(f"{url}: malformed JSON in the response ({body[:80]!r})"),
+                                 "malformed response") from None
 
     def check(self) -> None:
         """Every endpoint must answer GET /models now; an unreachable one stops the build before any work."""
@@ -137,10 +198,12 @@ class OpenAIParaphraser(Paraphraser):
             if self._abandon.is_set():
                 raise _Abandoned()
             try:
+                with self._lock:
+                    self.sent += 1
                 body = self._request(f"{base}/chat/completions", payload, self.timeout)
-                choice = (body.get("choices") or [None])[0]
+                choice = (body.get("choices") or [None])[0] if isinstance(body, dict) else None
                 if not isinstance(choice, dict):
-                    raise TransientError(f"{base}: response without choices")
+                    raise TransientError(f"{base}: response without choices", "malformed response")
                 message = choice.get("message") or {}
                 text = message.get("content") if isinstance(message, dict) else None
                 usage = body.get("usage") or {}
@@ -150,12 +213,17 @@ class OpenAIParaphraser(Paraphraser):
             except TransientError as err:
                 if attempt == self.retries:
                     self._abandon.set()
-                    raise BuildStopped(f"openai paraphraser: giving up after {self.retries + 1} attempts: "
-                                       f"{err}") from None
+                    with self._lock:
+                        self.failed += 1
+                    raise BuildStopped(f"openai paraphraser: giving up after {self.retries + 1} attempts: {err} "
+                                       f"[{self._report_line()}]") from None
+                delay = err.retry_after if err.retry_after is not None else \
+                    self.backoff * 2**attempt * (0.5 + rng.random() / 2)
                 with self._lock:
                     self.retried += 1
-                delay = err.retry_after if err.retry_after is not None else self.backoff * 2**attempt
-                time.sleep(delay * (0.5 + rng.random() / 2) if err.retry_after is None else delay)
+                    self.retries_by_cause[err.cause] += 1
+                    self.waited += delay
+                time.sleep(delay)
                 base = self.base_urls[(self.base_urls.index(base) + 1) % len(self.base_urls)]  # try another one
         raise AssertionError("unreachable")
 
