@@ -57,5 +57,6 @@ def demo(config: DemoConfig, echo=print) -> dict:
                                   "budget": config.mars_budget, "output": str(out / "compare"),
                                   "overwrite": config.overwrite, "progress": False})
     results["compare"] = compare(comparison, echo=echo)
-    echo(f"\nreport: {out / 'compare' / 'report.md'}")
+    echo(f"\ndemo finished. The comparison's report, with its plots: {out / 'compare' / 'report.md'}; the reward "
+         f"model of part 1: {out / 'train' / 'model'}")
     return results
