@@ -8,6 +8,7 @@ import select
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -351,15 +352,17 @@ class FaultServer:
     "cut"     sends the headers and half the body, then closes (Content-Length promises more)
     "garbled" sends half the JSON as a complete body
     "429"     HTTP 429 with `Retry-After: retry_after` (or `retry_after()`, computed as it answers)
-    "503"     HTTP 503 whose body echoes the request's headers (as some proxies do)
+    "503"     HTTP 503 whose body echoes the request's Authorization header (as some proxies do), after `pad`
+              characters
     """
 
-    def __init__(self, schedule=lambda k: None, slow=0.3, hang=4.0, retry_after="0"):
+    def __init__(self, schedule=lambda k: None, slow=0.3, hang=4.0, retry_after="0", pad=0):
         from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
         from test_pool_remote import answer
 
-        self.schedule, self.times, self.faults, self.lock = schedule, [], [], __import__("threading").Lock()
+        self.schedule, self.times, self.faults, self.auth = schedule, [], [], []
+        self.lock = threading.Lock()
         owner = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -383,6 +386,7 @@ class FaultServer:
                 with owner.lock:
                     count = len(owner.times)
                     owner.times.append(time.monotonic())
+                    owner.auth.append(self.headers.get("Authorization"))
                     fault = owner.schedule(count)
                     owner.faults.append(fault)
                 body = json.dumps(answer(payload)).encode()
@@ -400,7 +404,8 @@ class FaultServer:
                         wait = retry_after() if callable(retry_after) else retry_after
                         self._send(429, b'{"error": "slow down"}', [("Retry-After", wait)])
                     elif fault == "503":
-                        self._send(503, json.dumps({"error": "overloaded", "request": dict(self.headers)}).encode())
+                        echo = {"error": "overloaded" + "." * pad, "authorization": self.headers["Authorization"]}
+                        self._send(503, json.dumps(echo).encode())
                     else:
                         self._send(200, body)
                 except (BrokenPipeError, ConnectionResetError):  # the client gave up first
@@ -408,7 +413,7 @@ class FaultServer:
 
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}/v1"
-        self.thread = __import__("threading").Thread(target=self.server.serve_forever, daemon=True)
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
         self.thread.start()
 
     def close(self):
@@ -498,3 +503,145 @@ def test_retry_after_is_honoured_in_seconds_and_as_an_http_date(fault_server):
         assert paraphraser.complete([Task("Water the basil.", 3)]) == ["Water the basil. #3"]
         assert len(server.times) == 2 and server.times[1] - server.times[0] >= 0.9, header
         assert paraphraser.request_report()["retries_by_cause"] == {"HTTP 429": 1}
+
+
+# --- 4. secrets, remote code, hostile ids -----------------------------------------------------------------------
+
+def test_the_api_key_is_in_no_file_and_no_output_of_a_build_that_stopped_resumed_and_trained(fault_server, tmp_path):
+    key = "sk-test-" + hashlib.sha256(str(tmp_path).encode()).hexdigest()[:24]
+    env = {**os.environ, **QUIET, "MARSRM_CACHE": str(tmp_path / "cache"), "MARSRM_TEST_API_KEY": key}
+    data = ["--data", str(POOL_PAIRS), "--train-size", "8", "--eval-size", "4"]
+
+    def marsrm(*argv):
+        return subprocess.run([sys.executable, "-m", "marsrm.cli", *argv], env=env, capture_output=True, text=True,
+                              timeout=600)
+
+    def augment(server):
+        return marsrm("augment", *data, "--paraphraser", "openai", "--base-url", server.url, "--api-key-env",
+                      "MARSRM_TEST_API_KEY", "--n", "2", "--targets", "responses", "--retries", "1", "--timeout", "5",
+                      "--concurrency", "2", "--output", str(tmp_path / "pool"), "--no-progress")
+
+    echoing = fault_server(lambda k: "503" if k >= 6 else None)  # the 503s quote the request's headers back
+    stopped = augment(echoing)
+    assert stopped.returncode == 2 and "run the same command again" in stopped.stderr, stopped.stderr[-2000:]
+    assert "Bearer [api key]" in stopped.stderr  # the echoed header reached the message, without the key
+    finished = augment(fault_server())
+    assert finished.returncode == 0, finished.stderr[-2000:]
+    trained = marsrm("run", *data, "--pool", str(tmp_path / "pool"), "--rounds", "1", "--budget", "16",
+                     "--max-length", "64", "--n-resamples", "20", "--round-resamples", "10", "--output",
+                     str(tmp_path / "run"), "--no-progress")
+    assert trained.returncode == 0, trained.stderr[-2000:]
+    assert {f"Bearer {key}"} == set(echoing.auth)  # the key was sent, so it could have leaked
+
+    written = [p for p in tmp_path.rglob("*") if p.is_file()]
+    assert {"pool", "run", "cache"} <= {p.relative_to(tmp_path).parts[0] for p in written}
+    leaks = [str(p) for p in written if key.encode() in p.read_bytes()]
+    leaks += [name for name, run in (("augment (stopped)", stopped), ("augment", finished), ("run", trained))
+              for text in (run.stdout, run.stderr) if key in text]
+    assert leaks == []
+    print(f"\napi key: {len(written)} files and 6 output streams searched, no key")
+
+
+@pytest.mark.parametrize("pad", [0, 150, 172, 190])
+def test_a_key_echoed_by_the_server_is_cut_out_of_the_message_even_across_the_quotes_end(fault_server, monkeypatch,
+                                                                                         pad):
+    """The message quotes 200 characters of an error body; a key straddling that end must not leak in part."""
+    from marsrm.pool import BuildStopped, Task
+    from marsrm.pool.remote import OpenAIParaphraser
+
+    key = "sk-test-0123456789abcdef0123456789abcdef"
+    monkeypatch.setenv("MARSRM_TEST_API_KEY", key)
+    server = fault_server(lambda k: "503", pad=pad)
+    paraphraser = OpenAIParaphraser(base_url=server.url, api_key_env="MARSRM_TEST_API_KEY", retries=0, timeout=5.0)
+    with pytest.raises(BuildStopped) as stopped:
+        paraphraser.complete([Task("Water the basil.", 3)])
+    message = str(stopped.value)
+    assert "HTTP 503" in message and not any(key[i:i + 8] in message for i in range(len(key) - 7))
+
+
+def test_remote_code_is_off_unless_the_caller_turns_it_on(tmp_path):
+    """Every setting and keyword named trust_remote_code defaults to False, and a model directory's own
+    marsrm.json cannot turn it on when the model is loaded."""
+    import dataclasses
+    import importlib
+    import inspect
+    import pkgutil
+
+    import marsrm
+    from marsrm.model import ScalarHead, load_reward_model
+
+    defaults = {}
+    for module_info in pkgutil.walk_packages(marsrm.__path__, "marsrm."):
+        module = importlib.import_module(module_info.name)
+        for name, value in vars(module).items():
+            if getattr(value, "__module__", None) != module.__name__:
+                continue
+            if dataclasses.is_dataclass(value):
+                fields = {f.name: f.default for f in dataclasses.fields(value)}
+                if "trust_remote_code" in fields:
+                    defaults[f"{module.__name__}.{name}"] = fields["trust_remote_code"]
+            elif callable(value):
+                for function in (value, getattr(value, "__init__", None)):
+                    try:
+                        parameter = inspect.signature(function).parameters.get("trust_remote_code")
+                    except (TypeError, ValueError):
+                        continue
+                    if parameter is not None:
+                        defaults[f"{module.__name__}.{name}"] = parameter.default
+    assert len(defaults) >= 8 and {k: v for k, v in defaults.items() if v is not False} == {}
+
+    from safetensors.torch import save_file
+
+    directory = tmp_path / "model"
+    directory.mkdir()
+    head = ScalarHead(4, 0)
+    save_file({k: v.contiguous() for k, v in head.state_dict().items()}, str(directory / "head.safetensors"))
+    spec = {"mode": "head", "backbone": "", "trust_remote_code": True}
+    (directory / "marsrm.json").write_text(json.dumps({"format": "marsrm-reward-model", "version": 1, "spec": spec,
+                                                       "head_dim": 4}))
+    assert load_reward_model(directory).spec.trust_remote_code is False
+    assert load_reward_model(directory, trust_remote_code=True).spec.trust_remote_code is True
+
+
+HOSTILE_IDS = ["../../../escape-rel", "/tmp/escape-abs", "a/../../escape-mid", "..", ".", "nul\\..\\escape-win",
+               "~/escape-home", "$HOME/escape-var", "escape\x00nul", "con", "escape\nline", "-rf escape"]
+
+
+def test_pair_ids_from_the_data_never_name_a_file(tmp_path, monkeypatch):
+    """Ids that look like paths go through a pool build, a MARS round and an export: every file written stays in
+    the directories asked for, and no file or folder is named after an id."""
+    from threadpoolctl import threadpool_limits
+
+    from marsrm.loop import RunConfig, run
+    from marsrm.pool import export_trl
+
+    sandbox = tmp_path / "a" / "b" / "c"
+    sandbox.mkdir(parents=True)
+    data = sandbox / "pairs.jsonl"
+    data.write_text("".join(json.dumps({"id": pid, "prompt": f"What should I plant in spring, case {k}?",
+                                        "chosen": f"Peas and lettuce like the cool weather of early spring ({k}).",
+                                        "rejected": f"Plants {k}."}) + "\n" for k, pid in enumerate(HOSTILE_IDS)))
+    monkeypatch.setenv("MARSRM_CACHE", str(sandbox / "cache"))
+    monkeypatch.chdir(sandbox)
+    config = RunConfig(data=str(data), train_size=8, eval_size=4, pool=str(sandbox / "pool"), rounds=1, budget=16,
+                       max_length=32, n_resamples=20, round_resamples=10, progress=False, output=str(sandbox / "run"))
+    from marsrm.pipeline import load_split
+
+    split, _ = load_split(config, echo=lambda *_: None)
+    assert sorted(p.id for p in split.train + split.eval) == sorted(HOSTILE_IDS)
+    pool = build_pool(split.train, WordDropout(), sandbox / "pool", n=2, label_filter=FilterSettings(min_cosine=0.0),
+                      progress=False, echo=lambda *_: None)
+    export_trl(pool, sandbox / "export.jsonl", per_pair=2, seed=0)
+    with threadpool_limits(1):
+        run(config, echo=lambda *_: None)
+
+    made = {p.relative_to(tmp_path) for p in tmp_path.rglob("*")}
+    outside = [p for p in made if p.parts[:3] != ("a", "b", "c") and p not in {Path("a"), Path("a/b")}]
+    assert outside == []
+    expected = {"pairs.jsonl", "cache", "pool", "run", "export.jsonl"}
+    assert {p.parts[3] for p in made if len(p.parts) > 3} == expected
+    fragments = ("escape", "nul", "-rf", "~", "$")
+    named = [p for p in made if any(part in HOSTILE_IDS or any(f in part for f in fragments) for part in p.parts[3:])]
+    assert named == []
+    assert not list(Path("/tmp").glob("escape*")) and not list(Path.home().glob("escape*"))
+    assert json.loads((sandbox / "run" / "eval_ids.json").read_text()) == [p.id for p in split.eval]

@@ -322,7 +322,7 @@ def load_reward_model(path: str | os.PathLike, *, allow_pickle: bool = False, tr
         spec = ModelSpec(mode="full", backbone=str(directory), max_length=512)
     else:
         raise ModelError(f"{directory}: neither {MANIFEST} nor config.json found; is this a model directory?")
-    spec.trust_remote_code = spec.trust_remote_code or trust_remote_code
+    spec.trust_remote_code = trust_remote_code  # the caller's choice: a model directory cannot turn it on
 
     if spec.mode == "head":
         from safetensors.torch import load_file

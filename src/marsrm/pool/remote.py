@@ -148,7 +148,8 @@ class OpenAIParaphraser(Paraphraser):
                 body = response.read()
         except urllib.error.HTTPError as err:
             try:
-                detail = self._redact(err.read()[:200].decode("utf-8", "replace").strip())
+                # the key out first, then the cut: a key across the cut would otherwise leak in part
+                detail = self._redact(err.read(65536).decode("utf-8", "replace")).strip()[:200]
             except (OSError, http.client.HTTPException):  # the error body itself was cut off
                 detail = "(body cut off)"
             if err.code in RETRY_STATUS:
