@@ -216,6 +216,7 @@ def test_a_mars_run_killed_at_random_moments_resumes_to_the_uninterrupted_run(lo
                 # one sequence: start afresh, then kill and resume until a run gets to its end
                 first = True
                 while True:
+                    assert time.perf_counter() - started < 900, f"not enough kills landed in 15 minutes: {report}"
                     resume = not first and (killed / "fingerprint.json").exists()
                     argv = loop_argv(loop_setup, killed, [*extra, "--resume" if resume else "--overwrite"])
                     report["resumes"] += resume
@@ -224,7 +225,8 @@ def test_a_mars_run_killed_at_random_moments_resumes_to_the_uninterrupted_run(lo
                     code = server.wait(float(rng.uniform(0.0, 1.2 * span)))
                     if code is None:
                         os.kill(pid, signal.SIGKILL)
-                        assert server.wait(60) == -signal.SIGKILL
+                        code = server.wait(60)  # 0 when the run got to its end just before the signal
+                    if code == -signal.SIGKILL:
                         kills += 1
                         report["kills"] += 1
                         report["files_checked"] += check_readable(killed)
