@@ -33,22 +33,25 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--bf16", action="store_true", help="bf16 mixed precision (GPUs)")
     args = parser.parse_args(argv)
 
+    from pathlib import Path
+
+    from accelerate import PartialState
     from datasets import Dataset
     from trl import GRPOConfig, GRPOTrainer
 
     from marsrm.data import load_pairs, split_pairs
-    from marsrm.rl import load_policy, reward_function
+    from marsrm.rl import prepare_policy, reward_function
 
     pairs = split_pairs(load_pairs(args.data).pairs, train_size=args.train_size, eval_size=0, seed=args.seed).train
     prompts = list({str(p.prompt): [dict(m) for m in p.prompt] for p in pairs}.values())[:args.prompts]
-    model, tokenizer = load_policy(args.policy)
+    with PartialState().main_process_first():  # one process de-quantises a .gguf policy; the others reuse it
+        policy = prepare_policy(args.policy, Path(args.output) / "policy-init")
     config = GRPOConfig(output_dir=args.output, max_steps=args.max_steps, learning_rate=args.learning_rate,
                         per_device_train_batch_size=args.per_device_batch, num_generations=args.num_generations,
                         max_completion_length=args.max_completion_length, beta=args.beta, bf16=args.bf16,
                         logging_steps=10, save_steps=100, seed=args.seed, report_to="tensorboard")
-    trainer = GRPOTrainer(model=model, reward_funcs=reward_function(args.reward_model, normalize=args.normalize),
-                          args=config, train_dataset=Dataset.from_list([{"prompt": p} for p in prompts]),
-                          processing_class=tokenizer)
+    trainer = GRPOTrainer(model=policy, reward_funcs=reward_function(args.reward_model, normalize=args.normalize),
+                          args=config, train_dataset=Dataset.from_list([{"prompt": p} for p in prompts]))
     trainer.train()
     trainer.save_model(args.output)
     return 0

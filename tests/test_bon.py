@@ -131,6 +131,34 @@ def test_training_prompts_are_rebuilt_from_the_run_config(tmp_path):
     assert training_prompts(tmp_path / "elsewhere" / "model") is None
 
 
+def test_gold_data_example_leaves_out_every_held_out_prompt(tmp_path):
+    import importlib.util
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[1] / "examples" / "gold_data.py"
+    spec = importlib.util.spec_from_file_location("gold_data", script)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    data = write_pairs(tmp_path / "pairs.jsonl")
+    out = tmp_path / "gold-pairs.jsonl"
+    assert module.main(["--data", str(data), "--train-size", "10", "--sources", str(data), "--output", str(out)]) == 0
+    from marsrm.data import load_pairs
+
+    written = {prompt_key(p.prompt) for p in load_pairs(out).pairs}
+    held_out = {prompt_key(p) for _, p in held_out_prompts(BonConfig(data=str(data), train_size=10),
+                                                            echo=lambda *_: None)}
+    assert len(written) == 10 and not written & held_out
+
+
+def test_help_lists_the_settings(capsys):
+    with pytest.raises(SystemExit):
+        main(["bon", "--help"])
+    text = capsys.readouterr().out
+    for flag in ("--models", "--gold", "--gold-exclude", "--overlap", "--no-check-gold", "--ns", "--policy",
+                 "--samples", "--sample-seed", "--prompts", "--output"):
+        assert flag in text
+
+
 # ---------------------------------------------------------------------------------------------
 # Samples: seeded rows, cache, resume
 
@@ -186,6 +214,7 @@ def policy():
     return Policy("smollm2", batch_size=8, **SETTINGS)
 
 
+@pytest.mark.slow
 def test_policy_rows_do_not_depend_on_their_batch(policy):
     rows = [policy.prompt_ids(({"role": "user", "content": q},)) for q in ("Name a fruit.", "How do I boil an egg?")]
     together = policy.sample(rows, [11, 12])
@@ -223,6 +252,7 @@ def runs(tmp_path_factory):
     return root
 
 
+@pytest.mark.slow
 def test_bon_end_to_end(runs, policy, tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("MARSRM_CACHE", str(runs / "cache"))
     data = str(runs / "pairs.jsonl")

@@ -1,8 +1,9 @@
 """Hand-off to RL: a saved marsrm reward model as a TRL `GRPOTrainer` reward function.
 
     from trl import GRPOConfig, GRPOTrainer
-    from marsrm.rl import reward_function
+    from marsrm.rl import prepare_policy, reward_function
 
+    policy = prepare_policy("smollm2", "runs/policy-init")    # a .gguf file becomes a plain model directory
     reward = reward_function("runs/rm/model", normalize=True)
     trainer = GRPOTrainer(model=policy, reward_funcs=reward, args=GRPOConfig(...), train_dataset=prompts)
 
@@ -106,6 +107,43 @@ def load_policy(model: str | None = "smollm2", *, dtype: str = "fp32", trust_rem
         plain.generation_config = loaded.generation_config
         loaded = plain
     return loaded.to(torch_dtype), tokenizer
+
+
+def prepare_policy(model: str | None = "smollm2", directory: str | os.PathLike = "runs/policy-init", *,
+                   trust_remote_code: bool = False) -> str:
+    """A location `from_pretrained` (and so TRL, for the policy and its reference copy) can load the policy from.
+
+    A local directory or hub name is returned as is. A .gguf file (the default SmolLM2-135M-Instruct) is
+    de-quantised once into `directory` as a plain float32 safetensors model with its tokenizer; a later call
+    reuses it (and refuses a directory made from another file). In a multi-process run call it under
+    `accelerate.PartialState().main_process_first()` so that one process writes it.
+    """
+    import json
+    import shutil
+    from pathlib import Path
+
+    from marsrm.pool.local import model_identity, resolve_model
+
+    location, gguf_file = resolve_model(model)
+    if not gguf_file:
+        return location
+    directory, identity = Path(directory), model_identity(location, gguf_file)
+    marker = directory / "marsrm-source.json"
+    if marker.is_file():
+        made_from = json.loads(marker.read_text()).get("model")
+        if made_from != identity:
+            raise ModelError(f"{directory}: holds a policy made from {made_from}, not {identity}; choose another "
+                             "directory")
+        return str(directory)
+    plain, tokenizer = load_policy(model, trust_remote_code=trust_remote_code)
+    partial = directory.with_name(directory.name + ".partial")
+    shutil.rmtree(partial, ignore_errors=True)
+    plain.save_pretrained(partial, safe_serialization=True)
+    tokenizer.save_pretrained(partial)
+    (partial / "marsrm-source.json").write_text(json.dumps({"model": identity}))
+    shutil.rmtree(directory, ignore_errors=True)
+    partial.rename(directory)  # a reader sees no directory or a complete one
+    return str(directory)
 
 
 def reward_function(model: str | os.PathLike | RewardModel, *, normalize: bool = False, batch_size: int = 32,
