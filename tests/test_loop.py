@@ -105,6 +105,26 @@ def test_resume_after_an_interrupted_round_matches_an_uninterrupted_run(tmp_path
 
 
 @pytest.mark.slow
+def test_full_mode_rounds_carry_the_weights_and_resume_to_the_same_model(tmp_path, data_path, hh_pool):
+    small = dict(mode="full", data=data_path, train_size=24, val_size=0, eval_size=24, rounds=2, budget=16,
+                 strategy="mars-signed", tau=None, max_length=48, batch_size=8, lr=1e-4)
+    whole = run(config(tmp_path, output=str(tmp_path / "whole"), **small), echo=lambda *_: None, pool=hh_pool)
+    cut = config(tmp_path, output=str(tmp_path / "cut"), **{**small, "rounds": 1})
+    run(cut, echo=lambda *_: None, pool=hh_pool)
+    resumed = run(dataclasses.replace(cut, rounds=2, resume=True), echo=lambda *_: None, pool=hh_pool)
+    rounds = read_rounds(tmp_path / "whole")
+    assert [r["synthetic_pairs"] for r in rounds] == [16, 16]
+    assert rounds[0]["margin_abs_mean"] != rounds[1]["margin_abs_mean"]  # round 2 scores the trained weights
+    assert "hessian_condition_number" not in rounds[0] and 0 < rounds[0]["mean_sigmoid_prime"] <= 0.25
+    assert np.array_equal(np.load(tmp_path / "whole" / "eval_margins.npy"),
+                          np.load(tmp_path / "cut" / "eval_margins.npy"))
+    assert resumed["eval"]["accuracy"]["value"] == whole["eval"]["accuracy"]["value"]
+    from transformers import AutoModelForSequenceClassification
+
+    assert AutoModelForSequenceClassification.from_pretrained(tmp_path / "cut" / "model").config.num_labels == 1
+
+
+@pytest.mark.slow
 @pytest.mark.parametrize("strategy", ["west-of-n", "self-train", "adaboost", "none", "mars-signed", "uniform"])
 def test_every_strategy_runs(tmp_path, data_path, hh_pool, strategy):
     results = run(config(tmp_path, data=data_path, strategy=strategy, rounds=2, tau=None), echo=lambda *_: None,

@@ -295,7 +295,10 @@ class FullLearner:
         return self.model.score_pairs(pairs)
 
     def margins(self, pairs) -> np.ndarray:
-        chosen, rejected = self.scores(pairs)
+        """Margins for the loop's allocation, in the precision the model trains in (bf16 autocast where the
+        hardware runs it natively: about half the fp32 time). Evaluation (`scores`) stays in fp32."""
+        with self.accelerator.autocast():
+            chosen, rejected = self.scores(pairs)
         return chosen - rejected
 
     def fit(self, pairs, optim: OptimSettings, *, weight=None, step_offset: int = 0, desc: str = "training"):
