@@ -203,6 +203,24 @@ def test_sample_cache_resumes_extends_and_refuses_other_settings(tmp_path):
         generate_samples(prompts, 2, FakePolicy(), tmp_path / "s", seed=8)
 
 
+def test_long_prompts_lose_their_earliest_turns_first(minilm_path):
+    from marsrm.bon import Policy
+    from marsrm.model import load_tokenizer
+
+    policy = Policy("smollm2", max_prompt_tokens=24)
+    policy.model, policy.tokenizer = object(), load_tokenizer(minilm_path)  # no chat template: HH text
+    dialogue = ({"role": "user", "content": "Tell me a long story about a dragon and a knight."},
+                {"role": "assistant", "content": "Once upon a time a dragon met a knight in a castle far away."},
+                {"role": "user", "content": "Make it shorter."})
+    text = policy.tokenizer.decode(policy.prompt_ids(dialogue), skip_special_tokens=True)
+    assert "make it shorter" in text and "dragon" not in text and text.startswith("human")
+    assert text.endswith("assistant :")
+    short = policy.prompt_ids(dialogue[-1:])
+    assert len(policy.prompt_ids(dialogue)) == len(short) <= 24
+    policy.max_prompt_tokens = 4  # a single turn too long by itself: its start is cut, the end survives
+    assert policy.prompt_ids(dialogue[-1:]) == short[-4:]
+
+
 # ---------------------------------------------------------------------------------------------
 # With real models: SmolLM2-135M-Instruct samples, head-mode MiniLM reward models
 
