@@ -119,11 +119,13 @@ def _prewarm(config: CompareConfig, echo, pool=None) -> None:
 
     split, _ = load_split(config, echo)
     needs_pool = any(alloc.STRATEGIES[s].augments for s in config.strategies) and config.budget > 0
-    pool = open_base_pool(config, split.train, pool) if needs_pool else BasePool.empty(split.train)
+    pool = open_base_pool(config, split.train, pool, echo) if needs_pool else BasePool.empty(split.train)
     learner = make_learner(build_model(config), progress=config.progress)
-    everything = split.train + split.val + split.eval + pool.flat()
-    echo(f"embedding {2 * len(everything)} texts (cached for every run)")
-    learner.embed(everything)
+    held = split.train + split.val + split.eval
+    echo(f"embedding {2 * (len(held) + int(pool.sizes.sum()))} texts (cached for every run)")
+    learner.embed(held)
+    for chunk in pool.chunks():  # a pool over `pool_memory` is streamed here too
+        learner.embed(chunk)
 
 
 def _seed_interval(values: np.ndarray, level: float = 0.95) -> dict:

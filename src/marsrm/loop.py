@@ -12,8 +12,10 @@ run would.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
+import re
 import shutil
 import time
 from dataclasses import dataclass
@@ -32,7 +34,7 @@ from marsrm.pipeline import (TrainConfig, build_model, evaluate_scores, flat_val
 from marsrm.train import make_accelerator
 
 # Settings that may differ between a killed run and its resumption without changing the result.
-RESUME_FREE = {"resume", "overwrite", "progress", "output", "rounds"}
+RESUME_FREE = {"resume", "overwrite", "progress", "output", "rounds", "pool_memory"}
 
 
 @dataclass
@@ -47,6 +49,8 @@ class RunConfig(TrainConfig):
     tau: float | None = setting(None, "temperature τ (mars default 0.1, mars-signed default 0.5)")
     beta: float = setting(1.0, "adaboost: weight ∝ exp(−β·margin)")
     accumulate: bool = setting(False, "keep every round's synthetic sample instead of drawing afresh")
+    pool_memory: str = setting("2GiB", "memory the pool may take loaded whole (e.g. 500MB, 2GiB); a pool estimated "
+                               "larger is read from disk as rounds sample it, with the same results")
     round_resamples: int = setting(200, "bootstrap resamples for the per-round intervals")
     resume: bool = setting(False, "continue the run in --output from its last completed round")
     output: str = setting("runs/mars", "run directory (config.yaml, metrics.jsonl, rounds/, checkpoints/, "
@@ -65,6 +69,7 @@ class RunConfig(TrainConfig):
         if self.strategy not in alloc.STRATEGIES:
             raise ConfigError(f"setting 'strategy': unknown strategy '{self.strategy}' "
                               f"(known: {', '.join(alloc.STRATEGIES)})")
+        parse_size(self.pool_memory, "pool_memory")
 
     @property
     def strategy_record(self) -> alloc.Strategy:
@@ -86,6 +91,27 @@ class RunConfig(TrainConfig):
         return optim
 
 
+_UNITS = {"": 1, "b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12,
+          "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40}
+
+
+def parse_size(text, name: str) -> int:
+    """Bytes in a size such as "2GiB", "500 MB" or "1048576" (kB, MB, GB: powers of 1000; KiB, MiB, GiB: of 1024)."""
+    match = re.fullmatch(r"\s*(\d+(?:\.\d*)?|\.\d+)\s*([a-z]*)\s*", str(text), flags=re.IGNORECASE)
+    if not match or match.group(2).lower() not in _UNITS:
+        raise ConfigError(f"setting '{name}': {text!r} is not a size; write bytes with an optional unit, e.g. 2GiB, "
+                          "500MB or 0 (always read the pool from disk)")
+    return int(float(match.group(1)) * _UNITS[match.group(2).lower()])
+
+
+def format_size(size: float) -> str:
+    for unit in ("B", "kB", "MB", "GB"):
+        if size < 1000:
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1000
+    return f"{size:.1f} TB"
+
+
 def strategy_needs_pool(config: RunConfig) -> bool:
     return config.strategy_record.augments and config.budget > 0
 
@@ -99,12 +125,34 @@ def config_fingerprint(config: RunConfig) -> dict:
 # The pool as the loop sees it
 # ---------------------------------------------------------------------------------------------
 
+# Variants per `chunks()` list: what one margins call embeds or scores at once (both pools cut the same lists, so
+# margins computed chunk by chunk do not depend on which pool the loop holds).
+VARIANT_CHUNK = 4096
+
+
+def _chunked(variant_lists, size: int):
+    """The variants of `variant_lists` (one list per base pair, in order) cut into lists of `size` (the last shorter)."""
+    chunk = []
+    for variants in variant_lists:
+        chunk.extend(variants)
+        while len(chunk) >= size:
+            yield chunk[:size]
+            chunk = chunk[size:]
+    if chunk:
+        yield chunk
+
+
 class BasePool:
-    """Each base pair's usable variants, flattened pair-major for `allocate.sample_variants`."""
+    """Each base pair's usable variants, in memory, flattened pair-major for `allocate.sample_variants`.
+
+    sizes: int array, variants per base pair; source_hashes: the `source_hash` each pair's variants carry (None
+    when it has none); take(pair_index, variant_index) -> the variants; chunks() -> the flat list in pieces.
+    """
 
     def __init__(self, base_pairs, variants_of):
         self.variants = [list(variants_of(pair.id)) for pair in base_pairs]
         self.sizes = np.array([len(v) for v in self.variants], dtype=np.int64)
+        self.source_hashes = [v[0].meta.get("source_hash") if v else None for v in self.variants]
 
     @classmethod
     def empty(cls, base_pairs) -> "BasePool":
@@ -113,34 +161,130 @@ class BasePool:
     def flat(self) -> list:
         return [v for variants in self.variants for v in variants]
 
+    def chunks(self, size: int | None = None):
+        return _chunked(self.variants, size or VARIANT_CHUNK)
+
     def take(self, pair_index: np.ndarray, variant_index: np.ndarray) -> list:
         return [self.variants[i][j] for i, j in zip(pair_index.tolist(), variant_index.tolist())]
 
 
-def open_base_pool(config: RunConfig, base_pairs, pool=None) -> BasePool:
+class StreamedBasePool:
+    """The same variants as `BasePool`, read from the pool's part files when a round needs them.
+
+    Holds an index per base pair (part file, byte offset of its record, variants kept), made by one streaming pass
+    over the part files; `take` parses only the records of the sampled pairs, `chunks` streams every record.
+    Memory: about 100 bytes per base pair, whatever the pool's size.
+    """
+
+    def __init__(self, directory, base_pairs):
+        from marsrm.pool.build import read_manifest, scan_records
+
+        self.directory = Path(directory)
+        manifest = read_manifest(self.directory)
+        self.paths = [self.directory / shard for shard in manifest["shards"]]
+        position = {pair.id: k for k, pair in enumerate(base_pairs)}
+        self.shard = np.full(len(base_pairs), -1, dtype=np.int32)
+        self.offset = np.zeros(len(base_pairs), dtype=np.int64)
+        self.sizes = np.zeros(len(base_pairs), dtype=np.int64)
+        self.source_hashes: list[str | None] = [None] * len(base_pairs)
+        for shard, offset, record in scan_records(self.directory, manifest):
+            k = position.get(record["pair"]["id"])
+            if k is not None:  # a later record for the same id replaces an earlier one, as in `open_pool`
+                self.shard[k], self.offset[k], self.sizes[k] = shard, offset, len(record["variants"])
+                self.source_hashes[k] = record["source_hash"] if record["variants"] else None
+
+    def _records(self, indices):
+        """(base index, parsed record) for each of `indices` that the pool holds, in the order given."""
+        with contextlib.ExitStack() as files:
+            handles = {}
+            for k in indices:
+                shard = int(self.shard[k])
+                if shard < 0:
+                    continue
+                if shard not in handles:
+                    handles[shard] = files.enter_context(open(self.paths[shard], "rb"))
+                handles[shard].seek(int(self.offset[k]))
+                yield k, json.loads(handles[shard].readline())
+
+    def chunks(self, size: int | None = None):
+        from marsrm.pool.build import make_variant, pair_from_dict
+
+        def variant_lists():
+            for _, record in self._records(np.flatnonzero(self.sizes).tolist()):
+                pair = pair_from_dict(record["pair"], record.get("refined"))
+                yield [make_variant(pair, record, triple) for triple in record["variants"]]
+
+        return _chunked(variant_lists(), size or VARIANT_CHUNK)
+
+    def flat(self) -> list:
+        """Every variant in one list (in memory: what the budget was meant to avoid; the loop uses `chunks`)."""
+        return [v for chunk in self.chunks() for v in chunk]
+
+    def take(self, pair_index: np.ndarray, variant_index: np.ndarray) -> list:
+        from marsrm.pool.build import make_variant, pair_from_dict
+
+        pair_index, variant_index = np.asarray(pair_index).tolist(), np.asarray(variant_index).tolist()
+        wanted: dict[int, list[int]] = {}
+        for position, k in enumerate(pair_index):
+            wanted.setdefault(k, []).append(position)
+        for k in wanted:
+            if not 0 <= k < len(self.sizes) or self.sizes[k] == 0:
+                raise IndexError(f"base pair {k} has no variants in the pool at {self.directory}")
+        taken = [None] * len(pair_index)
+        # Records in file order (sequential reads); a variant sampled twice is one object, as in `BasePool`.
+        order = sorted(wanted, key=lambda k: (int(self.shard[k]), int(self.offset[k])))
+        for k, record in self._records(order):
+            pair, made = pair_from_dict(record["pair"], record.get("refined")), {}
+            for position in wanted[k]:
+                j = variant_index[position]
+                if j not in made:
+                    made[j] = make_variant(pair, record, record["variants"][j])
+                taken[position] = made[j]
+        return taken
+
+
+def variant_margins(learner, pool) -> np.ndarray:
+    """Margins of every variant in the pool's flat order, computed `VARIANT_CHUNK` variants at a time."""
+    margins = [learner.margins(chunk) for chunk in pool.chunks()]
+    return np.concatenate(margins) if margins else np.zeros(0)
+
+
+def open_base_pool(config: RunConfig, base_pairs, pool=None, echo=None):
     """The pool restricted to this split's base pairs; refuses a pool built for other pairs.
 
-    pool: any object with `variants(pair_id) -> list[PreferencePair]`; default: `open_pool(config.pool)`.
+    pool: any object with `variants(pair_id) -> list[PreferencePair]`, held in memory; default: the directory
+    `config.pool`, loaded whole (`BasePool`) when its estimated size fits `config.pool_memory`, else indexed and
+    read from disk as needed (`StreamedBasePool`). echo: told which, and why.
     """
     if pool is None and not config.pool:
         return BasePool.empty(base_pairs)
-    if pool is None:
-        from marsrm.pool import open_pool
+    from marsrm.pool.build import source_hash
 
-        pool = open_pool(config.pool)
-    base = BasePool(base_pairs, pool.variants)
+    echo = echo or (lambda *_: None)
+    if pool is not None:
+        base = BasePool(base_pairs, pool.variants)
+    else:
+        from marsrm.pool.build import estimated_memory, open_pool, read_manifest
+
+        estimate = estimated_memory(config.pool, read_manifest(config.pool))
+        sizes = (f"estimated {format_size(estimate['bytes'])} loaded whole ({format_size(estimate['file_bytes'])} "
+                 f"of part files, {estimate['variants']} variants)")
+        if estimate["bytes"] <= parse_size(config.pool_memory, "pool_memory"):
+            echo(f"pool: {sizes}, within pool_memory {config.pool_memory}: loading it into memory")
+            base = BasePool(base_pairs, open_pool(config.pool).variants)
+        else:
+            echo(f"pool: {sizes}, over pool_memory {config.pool_memory}: reading variants from disk as "
+                 "rounds sample them")
+            base = StreamedBasePool(config.pool, base_pairs)
     covered = int((base.sizes > 0).sum())
     if covered == 0:
         raise ConfigError(f"setting 'pool': {config.pool} holds no variants for any of the {len(base_pairs)} base "
                           f"pairs (e.g. {base_pairs[0].id}); it was built for other pairs — run `marsrm augment` "
                           "with the same --data, --train-size and --seed")
-    from marsrm.pool.build import source_hash
-
-    for pair, variants in zip(base_pairs, base.variants):
-        for variant in variants[:1]:
-            if variant.meta.get("source_hash") not in (None, source_hash(pair)):
-                raise ConfigError(f"setting 'pool': {config.pool} was built from a different text for pair "
-                                  f"{pair.id}; rebuild it for this data")
+    for pair, hashed in zip(base_pairs, base.source_hashes):
+        if hashed is not None and hashed != source_hash(pair):
+            raise ConfigError(f"setting 'pool': {config.pool} was built from a different text for pair "
+                              f"{pair.id}; rebuild it for this data")
     return base
 
 
@@ -175,7 +319,7 @@ def run(config: RunConfig, echo=print, pool=None) -> dict:
 
     split, reports = load_split(config, echo)
     base = split.train
-    pool = open_base_pool(config, base, pool)
+    pool = open_base_pool(config, base, pool, echo)
     if pool.sizes.any():
         echo(f"pool: {int(pool.sizes.sum())} variants for {int((pool.sizes > 0).sum())}/{len(base)} base pairs")
     strategy = config.strategy_record
@@ -198,11 +342,10 @@ def run(config: RunConfig, echo=print, pool=None) -> dict:
         margins = learner.margins(base)                                                    # a. margins
         counts = alloc.allocate(config.strategy, margins, config.budget if strategy.augments else 0, rng,
                                 available=pool.sizes > 0 if strategy.augments else None, **settings)  # b, c
-        variant_margins = learner.margins(pool.flat()) if strategy.selects_by_variant_margin and counts.any() \
-            else None
+        ranked = variant_margins(learner, pool) if strategy.selects_by_variant_margin and counts.any() else None
         pair_index, variant_index = alloc.sample_variants(                                  # d. sample
-            counts, pool.sizes, rng, variant_margins=variant_margins,
-            order=strategy.sampling_order if variant_margins is not None else "random")
+            counts, pool.sizes, rng, variant_margins=ranked,
+            order=strategy.sampling_order if ranked is not None else "random")
         sample = pool.take(pair_index, variant_index)
         swapped = 0
         if strategy.pseudo_labels and sample:
@@ -293,7 +436,7 @@ def _save_round(run_dir: Path, round_: int, margins, counts, pair_index, variant
         atomic_write_json(run_dir / "rounds" / f"round-{round_}-swapped.json", swapped)
 
 
-def _load_accumulated(run_dir: Path, last_round: int, pool: BasePool) -> list:
+def _load_accumulated(run_dir: Path, last_round: int, pool) -> list:
     sample = []
     for round_ in range(1, last_round + 1):
         saved = np.load(run_dir / "rounds" / f"round-{round_}.npz")

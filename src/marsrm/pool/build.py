@@ -190,8 +190,8 @@ class Pool:
                         dtype=np.int64)
 
 
-def open_pool(directory: str | os.PathLike) -> Pool:
-    """Load the pool that `build_pool` (or `marsrm augment`) wrote to `directory`."""
+def read_manifest(directory: str | os.PathLike) -> dict:
+    """The manifest of the pool in `directory`, checked: a finished build of this format whose part files exist."""
     directory = Path(directory)
     manifest_path = directory / "manifest.json"
     if not manifest_path.is_file():
@@ -201,15 +201,50 @@ def open_pool(directory: str | os.PathLike) -> Pool:
     manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
     if manifest.get("format") != FORMAT:
         raise PoolError(f"{manifest_path}: format {manifest.get('format')!r}, expected {FORMAT!r}")
-    records: dict[str, dict] = {}
     for shard in manifest["shards"]:
-        path = directory / shard
-        if not path.is_file():
-            raise PoolError(f"{path}: listed in {manifest_path} but missing; rebuild the pool")
-        with open(path, encoding="utf-8") as handle:
+        if not (directory / shard).is_file():
+            raise PoolError(f"{directory / shard}: listed in {manifest_path} but missing; rebuild the pool")
+    return manifest
+
+
+def scan_records(directory: str | os.PathLike, manifest: dict):
+    """Every record of the pool, streamed: yields (shard number, byte offset of its line, record), in file order.
+
+    Holds one record at a time. An id written twice is yielded twice; readers keep the last (as `open_pool` does).
+    """
+    for number, shard in enumerate(manifest["shards"]):
+        with open(Path(directory) / shard, "rb") as handle:
+            offset = 0
             for line in handle:
-                record = json.loads(line)
-                records[record["pair"]["id"]] = record
+                yield number, offset, json.loads(line)
+                offset += len(line)
+
+
+# What a pool loaded whole takes in memory, measured with tracemalloc (docs/RELIABILITY.md, "Memory"): the parsed
+# records per byte of part file, and each variant the loop builds from them (a variant with a paraphrased prompt
+# also copies the prompt's messages).
+RECORD_BYTES_PER_FILE_BYTE = 2.1
+VARIANT_BYTES = {"responses": 430, "all": 1150}
+
+
+def estimated_memory(directory: str | os.PathLike, manifest: dict) -> dict:
+    """Bytes the pool takes loaded whole (`open_pool` + every variant built), from file sizes and the manifest.
+
+    Returns {"bytes", "file_bytes", "variants"}; reads no record.
+    """
+    file_bytes = sum((Path(directory) / shard).stat().st_size for shard in manifest["shards"])
+    variants = int(manifest["report"]["variants"])
+    per_variant = VARIANT_BYTES.get(manifest.get("targets"), VARIANT_BYTES["all"])
+    return {"bytes": int(RECORD_BYTES_PER_FILE_BYTE * file_bytes + per_variant * variants), "file_bytes": file_bytes,
+            "variants": variants}
+
+
+def open_pool(directory: str | os.PathLike) -> Pool:
+    """Load the pool that `build_pool` (or `marsrm augment`) wrote to `directory`, every record in memory."""
+    manifest = read_manifest(directory)
+    records: dict[str, dict] = {}
+    for _, _, record in scan_records(directory, manifest):
+        records[record["pair"]["id"]] = record
     return Pool(directory, manifest, records)
 
 
