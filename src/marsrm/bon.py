@@ -209,20 +209,13 @@ def row_seed(seed: int, key: str, index: int) -> int:
 def load_causal_lm(location: str, gguf_file: str | None = None, *, dtype: str = "fp32",
                    trust_remote_code: bool = False):
     """(causal LM in `dtype`, tokenizer) from `marsrm.pool.local.resolve_model`'s (location, gguf file)."""
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from marsrm.pool.local import load_language_model
 
-    kwargs = {"trust_remote_code": trust_remote_code, **({"gguf_file": gguf_file} if gguf_file else {})}
-    torch_dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[dtype]
     try:
-        tokenizer = AutoTokenizer.from_pretrained(location, **kwargs)
-        # GGUF files de-quantise to float32 only; the cast comes after loading
-        model = AutoModelForCausalLM.from_pretrained(location, dtype=torch.float32 if gguf_file else torch_dtype,
-                                                     **kwargs)
+        return load_language_model(location, gguf_file, dtype=dtype, trust_remote_code=trust_remote_code)
     except OSError as err:
         raise ConfigError(f"setting 'policy': cannot load '{location}' ({str(err).splitlines()[0]}); offline, name "
                           "a local model directory or .gguf file") from err
-    return model.to(torch_dtype), tokenizer
 
 
 class Policy:

@@ -292,13 +292,14 @@ class FullLearner:
         self.accelerator = accelerator or make_accelerator()
 
     def scores(self, pairs) -> tuple[np.ndarray, np.ndarray]:
-        return self.model.score_pairs(pairs)
+        """Rewards in the precision the model trains in: bf16 autocast where the hardware runs it natively (about
+        half the fp32 time). Once trained, the model's forward runs under Accelerate's autocast anyway; this
+        makes the scores before the first round agree with it. The saved model scores in fp32 when loaded."""
+        with self.accelerator.autocast():
+            return self.model.score_pairs(pairs)
 
     def margins(self, pairs) -> np.ndarray:
-        """Margins for the loop's allocation, in the precision the model trains in (bf16 autocast where the
-        hardware runs it natively: about half the fp32 time). Evaluation (`scores`) stays in fp32."""
-        with self.accelerator.autocast():
-            chosen, rejected = self.scores(pairs)
+        chosen, rejected = self.scores(pairs)
         return chosen - rejected
 
     def fit(self, pairs, optim: OptimSettings, *, weight=None, step_offset: int = 0, desc: str = "training"):

@@ -77,6 +77,23 @@ def model_identity(location: str, gguf_file: str | None) -> str:
     return backbone_identity(location)
 
 
+def load_language_model(location: str, gguf_file: str | None = None, *, dtype: str = "fp32",
+                        trust_remote_code: bool = False, seq2seq: bool = False):
+    """(model in `dtype`, tokenizer) for `resolve_model`'s (location, gguf file): a causal LM, or with
+    `seq2seq=True` whatever the config says (an encoder-decoder such as T5, else causal). OSError if it
+    cannot be read."""
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSeq2SeqLM, AutoTokenizer
+
+    kwargs = {"trust_remote_code": trust_remote_code, **({"gguf_file": gguf_file} if gguf_file else {})}
+    torch_dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[dtype]
+    config = AutoConfig.from_pretrained(location, **kwargs)
+    tokenizer = AutoTokenizer.from_pretrained(location, **kwargs)
+    cls = AutoModelForSeq2SeqLM if seq2seq and getattr(config, "is_encoder_decoder", False) else AutoModelForCausalLM
+    # GGUF files de-quantise to float32 only; the cast comes after loading
+    model = cls.from_pretrained(location, dtype=torch.float32 if gguf_file else torch_dtype, **kwargs)
+    return model.to(torch_dtype), tokenizer
+
+
 class LocalParaphraser(Paraphraser):
     """Batched generation with a local Hugging Face model (decoder-only chat/base model, or seq2seq)."""
 
@@ -138,23 +155,14 @@ class LocalParaphraser(Paraphraser):
         """Load tokenizer and model (once); errors name the model and the fix."""
         if self._model is not None:
             return self._model
-        from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSeq2SeqLM, AutoTokenizer
-
-        kwargs = {"trust_remote_code": self.trust_remote_code}
-        if self.gguf_file:
-            kwargs["gguf_file"] = self.gguf_file
         try:
-            config = AutoConfig.from_pretrained(self.location, **kwargs)
-            tokenizer = AutoTokenizer.from_pretrained(self.location, **kwargs)
-            self.seq2seq = bool(getattr(config, "is_encoder_decoder", False))
-            dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[self.dtype_name]
-            cls = AutoModelForSeq2SeqLM if self.seq2seq else AutoModelForCausalLM
-            # GGUF files de-quantise to float32 only; the cast comes after loading
-            model = cls.from_pretrained(self.location, dtype=torch.float32 if self.gguf_file else dtype, **kwargs)
-            model = model.to(device=self.device, dtype=dtype).eval()
+            model, tokenizer = load_language_model(self.location, self.gguf_file, dtype=self.dtype_name,
+                                                   trust_remote_code=self.trust_remote_code, seq2seq=True)
         except OSError as err:
             raise PoolError(f"setting 'model': cannot load '{self.model_name}' ({str(err).splitlines()[0]}). Offline, "
                             "name a local model directory or .gguf file; with a hub, unset HF_HUB_OFFLINE") from err
+        self.seq2seq = model.config.is_encoder_decoder
+        model = model.to(self.device).eval()
         tokenizer.padding_side = "left"  # decoder-only generation continues from the last real token
         if tokenizer.pad_token is None:
             tokenizer.pad_token = tokenizer.eos_token
