@@ -41,3 +41,29 @@ def test_compare_refuses_unknown_strategy_and_missing_baseline(tmp_path):
         compare(CompareConfig(strategies=["uniform", "magic"], output=str(tmp_path / "c")), echo=lambda *_: None)
     with pytest.raises(ConfigError, match="baseline"):
         compare(CompareConfig(strategies=["mars"], output=str(tmp_path / "c")), echo=lambda *_: None)
+
+
+@pytest.mark.slow
+def test_compare_runs_best_of_n_for_each_strategy_judged_by_a_gold_model(tmp_path, hh_dir, monkeypatch):
+    from marsrm.data import load_pairs
+
+    monkeypatch.setenv("MARSRM_CACHE", str(tmp_path / "cache"))
+    data = str(hh_dir / "helpful-online-test.jsonl.gz")
+    pool = DropoutPool(load_pairs(data).pairs)
+    settings = dict(data=data, strategies=["none", "uniform"], seeds=1, rounds=1, budget=20, train_size=30,
+                    eval_size=10, max_length=64, progress=False, n_resamples=50, round_resamples=10)
+    # the gold judge: a model of the same kind trained on the same training pairs (so none of the held-out
+    # prompts is among its training prompts, which the overlap check reads from its run's config.yaml)
+    compare(CompareConfig(**settings, output=str(tmp_path / "gold")), echo=lambda *_: None, pool=pool)
+    gold = tmp_path / "gold" / "none" / "seed-0" / "model"
+    config = CompareConfig(**settings, output=str(tmp_path / "cmp"), bon_gold=str(gold), bon_prompts=2,
+                           bon_ns=[1, 2], bon_max_new_tokens=6)
+    summary = compare(config, echo=lambda *_: None, pool=pool)
+    bon = summary["bon"]
+    assert bon["prompts"] == 2 and bon["ns"] == [1, 2] and set(bon["curve"]) == {"none", "uniform"}
+    assert bon["win_rate"]["none vs uniform"]["1"]["value"] == 0.5  # N = 1: the same sample for both
+    result = json.loads((tmp_path / "cmp" / "bon" / "results.json").read_text())
+    assert result["gold_checked"] and not result["overlap_dropped"].get("gold")
+    assert "Best-of-N" in (tmp_path / "cmp" / "report.md").read_text()
+    with pytest.raises(ConfigError, match="setting 'bon_ns'"):
+        CompareConfig(**settings, output=str(tmp_path / "bad"), bon_gold=str(gold), bon_ns=[0]).validate()

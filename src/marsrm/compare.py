@@ -36,6 +36,13 @@ class CompareConfig(RunConfig):
     baseline: str = setting("uniform", "strategy every other one is compared against, pair by pair")
     workers: int = setting(0, "parallel processes; 0 = one per 2 CPU cores, at most one per run")
     output: str = setting("runs/compare", "directory: one run per strategy and seed, plus report.md and plots")
+    bon_gold: str | None = setting(None, "gold reward model: after the runs, best-of-N (`marsrm bon`) of each "
+                                   "strategy's first-seed model on the held-out prompts, judged by it, into "
+                                   "<output>/bon (docs/DOWNSTREAM.md)")
+    bon_prompts: int = setting(200, "best-of-N: held-out prompts evaluated")
+    bon_ns: list[int] = setting([1, 2, 4, 8, 16], "best-of-N: N values, comma-separated")
+    bon_policy: str = setting("smollm2", "best-of-N: policy LM (default: SmolLM2-135M-Instruct, offline)")
+    bon_max_new_tokens: int = setting(128, "best-of-N: tokens per sampled response at most")
 
     def validate(self) -> None:
         unknown = [s for s in self.strategies if s not in alloc.STRATEGIES]
@@ -52,6 +59,23 @@ class CompareConfig(RunConfig):
             raise ConfigError(f"setting 'workers': must be ≥ 0 (got {self.workers})")
         for name in self.strategies:
             dataclasses.replace(self.run_config(name, self.seed), output="x").validate()
+        if self.bon_gold:
+            try:
+                self.bon_config().validate()
+            except ConfigError as err:  # name the setting as this command spells it: 'ns' → 'bon_ns'
+                raise ConfigError(str(err).replace("setting '", "setting 'bon_", 1)) from None
+
+    def bon_config(self):
+        """`marsrm bon` on this comparison's split: each strategy's first-seed model, judged by `bon_gold`."""
+        from marsrm.bon import BonConfig
+        from marsrm.pipeline import DataSettings
+
+        data = {f.name: getattr(self, f.name) for f in dataclasses.fields(DataSettings)}
+        data.update(split_seed=self.data_seed)  # the split every run used
+        models = [f"{s}={Path(self.output) / s / f'seed-{self.seed}' / 'model'}" for s in self.strategies]
+        return BonConfig(**data, models=models, gold=self.bon_gold, prompts=self.bon_prompts, ns=self.bon_ns,
+                         policy=self.bon_policy, max_new_tokens=self.bon_max_new_tokens,
+                         n_resamples=self.n_resamples, output=str(Path(self.output) / "bon"), progress=self.progress)
 
     def run_config(self, strategy: str, seed: int) -> RunConfig:
         fields = {f.name for f in dataclasses.fields(RunConfig)}
@@ -101,6 +125,13 @@ def compare(config: CompareConfig, echo=print, pool=None) -> dict:
                 echo("{} seed {}: {}".format(*future.result()))
 
     summary = summarise(config)
+    if config.bon_gold:
+        from marsrm.bon import bon
+
+        echo("best-of-N with each strategy's first-seed model, judged by the gold model …")
+        result = bon(config.bon_config(), echo=echo)
+        summary["bon"] = {"ns": result["ns"], "prompts": result["prompts"], "curve": result["curve"],
+                          "win_rate": result["win_rate"], "results": str(out / "bon" / "results.json")}
     atomic_write_json(out / "summary.json", summary)
     from marsrm.report import write_report
 

@@ -164,6 +164,19 @@ def write_report(config, summary: dict) -> Path:
             lines.append(f"| {strategy} | {diff['value']:+.4f} | [{diff['low']:+.4f}, {diff['high']:+.4f}] | "
                          f"{entry['vs_baseline']['seeds_won']:.2f} |")
     lines += ["", "## Plots", ""] + [f"![{p}]({p})" for p in plots]
+    if "bon" in summary:
+        bon = summary["bon"]
+        top = str(bon["ns"][-1])
+        lines += ["", f"## Best-of-N, judged by the gold model ({bon['prompts']} held-out prompts)", "",
+                  f"Mean gold reward of each strategy's pick (first seed's model) at N = {top}, 95% bootstrap "
+                  "interval over prompts; all N, the win rates and the samples are in `bon/` "
+                  "(docs/DOWNSTREAM.md).", "", "| strategy | gold reward of the pick |", "|---|---|"]
+        for strategy, curve in bon["curve"].items():
+            entry = curve[top]
+            value = "—" if entry["value"] is None else \
+                f"{entry['value']:.4f} [{entry['low']:.4f}, {entry['high']:.4f}]"
+            lines.append(f"| {strategy} | {value} |")
+        lines += ["", "![bon/bon.png](bon/bon.png)"]
     lines += ["", "## Runs", "", "Each run directory holds config.yaml, metrics.jsonl (one line per round), "
               "rounds/round-T.npz (margins, budgets, sampled variants), checkpoints/, model/ and results.json.", ""]
     lines += [f"- `{Path(r['run_dir']).relative_to(out)}`" for results in runs.values() for r in results]
