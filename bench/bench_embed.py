@@ -31,7 +31,6 @@ import math
 import os
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -39,34 +38,9 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
+from common import Meter, machine  # noqa: E402  (bench/common.py)
 
 TARGETS = {"speedup_vs_fp32": 1.7, "accuracy_gap_points": 0.5, "cache_speedup": 50.0}
-
-
-class Meter:
-    """Wall and process-CPU seconds, and the 1-minute load average at both ends."""
-
-    def __enter__(self):
-        self.wall, self.cpu, self.load_before = time.perf_counter(), time.process_time(), os.getloadavg()[0]
-        return self
-
-    def __exit__(self, *exc):
-        self.wall = time.perf_counter() - self.wall
-        self.cpu = time.process_time() - self.cpu
-        self.load_after = os.getloadavg()[0]
-
-    def as_dict(self, n: int) -> dict:
-        return {"wall_s": self.wall, "cpu_s": self.cpu, "texts_per_s": n / self.wall,
-                "load_1min": [self.load_before, self.load_after]}
-
-
-def machine() -> dict:
-    from marsrm.features import cpu_has_bf16
-
-    flags = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
-    model = next((line.split(":", 1)[1].strip() for line in flags.splitlines() if line.startswith("model name")), "?")
-    return {"cpu": model, "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
-            "cpu_has_bf16": cpu_has_bf16(), "torch": torch.__version__}
 
 
 class Totals:

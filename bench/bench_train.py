@@ -37,7 +37,6 @@ import argparse
 import json
 import math
 import os
-import platform
 import sys
 import tempfile
 import time
@@ -48,32 +47,9 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
+from common import Meter, machine  # noqa: E402  (bench/common.py)
 
 TARGET_RATIO = 1.3
-
-
-def machine() -> dict:
-    flags = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
-    model = next((line.split(":", 1)[1].strip() for line in flags.splitlines() if line.startswith("model name")), "?")
-    return {"cpu": model, "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
-            "avx512_bf16": "avx512_bf16" in flags, "amx_bf16": "amx_bf16" in flags, "python": platform.python_version(),
-            "torch": torch.__version__}
-
-
-class Meter:
-    """Wall and process-CPU seconds, and the 1-minute load average at both ends."""
-
-    def __enter__(self):
-        self.wall, self.cpu, self.load_before = time.perf_counter(), time.process_time(), os.getloadavg()[0]
-        return self
-
-    def __exit__(self, *exc):
-        self.wall = time.perf_counter() - self.wall
-        self.cpu = time.process_time() - self.cpu
-        self.load_after = os.getloadavg()[0]
-
-    def as_dict(self) -> dict:
-        return {"wall_s": self.wall, "cpu_s": self.cpu, "load_1min": [self.load_before, self.load_after]}
 
 
 class Padding:

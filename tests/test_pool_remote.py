@@ -20,7 +20,21 @@ from marsrm.pool.paraphrase import derive_seed
 from marsrm.pool.remote import OpenAIParaphraser
 
 
-class StandIn:
+class LoopbackServer:
+    """A threaded HTTP server on a free loopback port; `url` is its OpenAI-style base URL."""
+
+    def serve(self, handler) -> None:
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/v1"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def close(self):
+        self.server.shutdown()
+        self.server.server_close()
+
+
+class StandIn(LoopbackServer):
     """A tiny OpenAI-compatible server on loopback. `script(count, payload)` → (status, body, headers, delay)
     decides each chat request; the default answers '<text> #<seed>'."""
 
@@ -64,14 +78,7 @@ class StandIn:
                     with owner.lock:
                         owner.in_flight -= 1
 
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/v1"
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-        self.thread.start()
-
-    def close(self):
-        self.server.shutdown()
-        self.server.server_close()
+        self.serve(Handler)
 
 
 def source_text(payload):

@@ -17,6 +17,7 @@ import pytest
 import yaml
 
 from marsrm.pool import FilterSettings, Paraphraser, build_pool
+from test_pool_remote import LoopbackServer
 
 SCRIPTS = Path(__file__).parent / "scripts"
 QUIET = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false",
@@ -344,7 +345,7 @@ def test_two_processes_building_one_pool_at_once_end_with_the_single_builds_pool
 
 # --- 3. HTTP faults ---------------------------------------------------------------------------------------------
 
-class FaultServer:
+class FaultServer(LoopbackServer):
     """An OpenAI-compatible stand-in on loopback whose k-th chat request meets `schedule(k)`:
 
     None      answers '<text> #<seed>' (as tests/test_pool_remote.py's stand-in does)
@@ -359,7 +360,7 @@ class FaultServer:
     """
 
     def __init__(self, schedule=lambda k: None, slow=0.3, hang=4.0, retry_after="0", pad=0):
-        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+        from http.server import BaseHTTPRequestHandler
 
         from test_pool_remote import answer
 
@@ -413,14 +414,7 @@ class FaultServer:
                 except (BrokenPipeError, ConnectionResetError):  # the client gave up first
                     self.close_connection = True
 
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/v1"
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-        self.thread.start()
-
-    def close(self):
-        self.server.shutdown()
-        self.server.server_close()
+        self.serve(Handler)
 
 
 @pytest.fixture
