@@ -7,8 +7,8 @@ import pytest
 import yaml
 
 from marsrm.bon import (BonConfig, Samples, best_of_n, best_of_n_scores, check_ns, format_result,
-                        generate_samples, held_out_prompts, pick, prompt_key, remove_overlap, row_seed,
-                        training_prompts)
+                        generate_samples, held_out_prompts, model_names, pick, prompt_key, remove_overlap,
+                        row_seed, training_prompts, win_rate_of)
 from marsrm.cli import main
 from marsrm.config import ConfigError
 from marsrm.model import ModelSpec, RewardModel
@@ -64,6 +64,48 @@ def test_curves_are_nested_and_win_rates_paired():
     interval = aligned["4"]
     assert interval["low"] <= interval["value"] <= interval["high"] and interval["n"] == 40
     assert result["picks"]["aligned"]["8"] == np.argmax(gold, axis=1).tolist()
+
+
+def test_a_model_of_several_runs_is_read_out_over_prompts_and_runs():
+    rng = np.random.default_rng(1)
+    gold = rng.normal(size=(30, 8))
+    aligned, anti = gold * 2, -gold
+    result = best_of_n_scores({"mixed": [aligned, anti], "twice": [aligned, aligned], "aligned": aligned}, gold,
+                              [1, 8], n_resamples=300)
+    mixed, best, worst = result["curve"]["mixed"]["8"], gold.max(axis=1).mean(), gold.min(axis=1).mean()
+    assert mixed["runs"] == 2 and mixed["per_run"] == pytest.approx([best, worst])
+    assert mixed["value"] == pytest.approx((best + worst) / 2)
+    assert result["picks"]["mixed"]["8"] == [np.argmax(gold, axis=1).tolist(), np.argmin(gold, axis=1).tolist()]
+    # every pair of runs is compared: the aligned run ties with `aligned`, the reversed one always loses
+    win = result["win_rate"]["mixed vs aligned"]["8"]
+    assert win["value"] == pytest.approx(0.25) and win["ties"] == pytest.approx(0.5)
+    assert win["gold_difference"]["estimate"] == pytest.approx((worst - best) / 2)
+    # the runs are resampled too: two runs that disagree widen the interval far beyond the prompts' spread ...
+    single = result["curve"]["aligned"]["8"]
+    assert mixed["low"] < mixed["value"] - 0.5 and mixed["high"] > mixed["value"] + 0.5
+    assert single["high"] - single["low"] < 0.6
+    # ... two identical runs change nothing, and every read-out sees the same prompt resamples
+    twice = result["curve"]["twice"]["8"]
+    assert (twice["value"], twice["low"], twice["high"]) == pytest.approx(
+        (single["value"], single["low"], single["high"]))
+    assert result["win_rate"]["mixed vs twice"]["1"]["value"] == 0.5
+    flipped = win_rate_of(result["win_rate"], "aligned", "mixed", 8)  # stored as "mixed vs aligned"
+    assert (flipped["value"], flipped["low"], flipped["high"]) == pytest.approx((0.75, 1 - win["high"], 1 - win["low"]))
+    assert flipped["gold_difference"]["estimate"] == pytest.approx((best - worst) / 2)
+
+
+def test_models_are_named_and_grouped_into_runs(tmp_path):
+    for seed in (1, 0):
+        (tmp_path / "mars" / f"seed-{seed}" / "model").mkdir(parents=True)
+    named = model_names([f"mars={tmp_path}/mars/seed-*/model", "u=runs/x/model", "u=runs/y/model", "runs/z/model"])
+    assert named == {"mars": [f"{tmp_path}/mars/seed-0/model", f"{tmp_path}/mars/seed-1/model"],
+                     "u": ["runs/x/model", "runs/y/model"], "z": ["runs/z/model"]}
+    with pytest.raises(ConfigError, match="matches no directory"):
+        model_names([f"m={tmp_path}/nothing-*/model"])
+    with pytest.raises(ConfigError, match="two models are named 'z'"):
+        model_names(["z=runs/a/model", "runs/z/model"])  # a bare DIR never joins a named model by accident
+    with pytest.raises(ConfigError, match="two models are named 'z'"):
+        model_names(["runs/z/model", "z=runs/a/model"])
 
 
 def test_pick_skips_missing_samples_and_breaks_ties_first():
@@ -312,3 +354,27 @@ def test_bon_end_to_end(runs, policy, tmp_path, monkeypatch, capsys):
     assert main(argv + bare + ["--gold-exclude", str(excluded)]) == 0
     bare_result = json.loads((tmp_path / "bare" / "results.json").read_text())
     assert bare_result["overlap_dropped"] == {"gold": [held_out[0][0]]} and bare_result["prompts"] == 2
+
+
+@pytest.mark.slow
+def test_head_models_sharing_an_encoder_embed_the_samples_once(runs, monkeypatch):
+    from marsrm import load_reward_model
+    from marsrm.bon import score_samples
+    from marsrm.model import HeadRewardModel
+
+    monkeypatch.setenv("MARSRM_CACHE", str(runs / "cache"))
+    a, b, gold = (load_reward_model(runs / name / "model") for name in ("a", "b", "gold"))
+    calls = []
+    embed = HeadRewardModel.embed
+    monkeypatch.setattr(HeadRewardModel, "embed", lambda self, *args, **kw: calls.append(1) or embed(self, *args, **kw))
+    samples = Samples(ids=["p0", "p1"], prompts=[({"role": "user", "content": f"How do I make good {t}?"},)
+                                                 for t in ("tea", "rice")],
+                      texts=[["Use fresh leaves and a simple tea recipe.", "I don't know.", ""],
+                             ["No idea.", "", "Rinse it, then follow a simple rice recipe."]])
+    result = best_of_n(samples, {"runs": [a, b], "a": a}, gold, [1, 3], n_resamples=50)
+    assert len(calls) == 1  # four head models (gold included), one encoder: the samples are embedded once
+    alone = score_samples(a, samples)
+    assert result["picks"]["a"]["3"] == np.nanargmax(alone, axis=1).tolist() == result["picks"]["runs"]["3"][0]
+    assert result["picks"]["runs"]["3"][1] == np.nanargmin(alone, axis=1).tolist()  # b is a reversed
+    assert result["curve"]["a"]["3"]["proxy"] == pytest.approx(np.nanmax(alone, axis=1).mean(), rel=1e-5)
+

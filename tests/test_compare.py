@@ -64,6 +64,17 @@ def test_compare_runs_best_of_n_for_each_strategy_judged_by_a_gold_model(tmp_pat
     assert bon["win_rate"]["none vs uniform"]["1"]["value"] == 0.5  # N = 1: the same sample for both
     result = json.loads((tmp_path / "cmp" / "bon" / "results.json").read_text())
     assert result["gold_checked"] and not result["overlap_dropped"].get("gold")
-    assert "Best-of-N" in (tmp_path / "cmp" / "report.md").read_text()
+    report = (tmp_path / "cmp" / "report.md").read_text()
+    assert "Best-of-N" in report and "| win rate vs uniform |" in report
+    none_row = next(line for line in report.splitlines() if line.startswith("| none | ") and line.count("[") == 2)
+    assert none_row.endswith("] |")  # gold reward and win rate against the baseline, each with its interval
     with pytest.raises(ConfigError, match="setting 'bon_ns'"):
         CompareConfig(**settings, output=str(tmp_path / "bad"), bon_gold=str(gold), bon_ns=[0]).validate()
+
+
+def test_best_of_n_reads_out_every_seed_of_each_strategy():
+    config = CompareConfig(strategies=["none", "mars"], baseline="none", seeds=2, seed=3, bon_gold="gold",
+                           output="out")
+    assert config.bon_config().models == ["none=out/none/seed-3/model", "none=out/none/seed-4/model",
+                                          "mars=out/mars/seed-3/model", "mars=out/mars/seed-4/model"]
+

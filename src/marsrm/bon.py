@@ -2,7 +2,8 @@
 
 A policy LM samples N responses to each held-out prompt; each reward model under test picks its best
 of the first N (so the picks are nested as N grows); a gold reward model, trained on other prompts,
-scores every pick. Two read-outs, each with a bootstrap interval over prompts:
+scores every pick. Two read-outs, each with a bootstrap interval over prompts (and over seeds, when a
+model is given as several training runs, e.g. one per seed):
 
 - the over-optimisation curve: mean gold reward of each model's pick for N = 1, 2, 4, 8, 16;
 - win rates: how often model A's pick beats model B's under gold (a tie — the same sample, or equal gold
@@ -16,6 +17,7 @@ gold, ns)` is the library call; `bon(config)` is `marsrm bon`. docs/DOWNSTREAM.m
 from __future__ import annotations
 
 import dataclasses
+import glob
 import hashlib
 import json
 import os
@@ -39,7 +41,8 @@ class BonConfig(DataSettings):
     """`marsrm bon`: a policy's samples, picked best-of-N by each reward model, judged by a gold model."""
 
     models: list[str] = setting([], "reward models under test, comma-separated: NAME=DIR or DIR (the name is "
-                                "then the run directory's name)")
+                                "then the run directory's name); a NAME given twice, or a DIR with * (NAME=runs/"
+                                "mars/seed-*/model), makes one model of several runs (seeds), read out together")
     gold: str | None = setting(None, "gold reward model directory (marsrm, or any sequence-classification model) "
                                "trained on prompts other than the evaluated ones")
     gold_exclude: str | None = setting(None, "pairs the gold model was trained on (any --data source), when its "
@@ -106,9 +109,14 @@ def check_ns(ns) -> list[int]:
     return sorted({int(n) for n in ns})
 
 
-def model_names(entries: list[str]) -> dict[str, str]:
-    """{name: directory} from NAME=DIR or DIR entries; a bare DIR is named after its run (…/NAME/model)."""
-    named = {}
+def model_names(entries: list[str]) -> dict[str, list[str]]:
+    """{name: [directory, ...]} from NAME=DIR or DIR entries; a bare DIR is named after its run (…/NAME/model).
+
+    One name may hold several runs of the same recipe (seeds): NAME=DIR repeated, or a DIR with glob
+    characters (expanded, sorted). Two bare DIRs that would get the same name are refused.
+    """
+    named: dict[str, list[str]] = {}
+    bare = set()
     for entry in entries:
         name, sep, path = entry.partition("=")
         if not sep:
@@ -117,9 +125,16 @@ def model_names(entries: list[str]) -> dict[str, str]:
             name = folder.parent.name if folder.name == "model" and folder.parent.name else folder.name
         if not name or not path:
             raise ConfigError(f"setting 'models': cannot read '{entry}' (expected NAME=DIR or DIR)")
-        if name in named:
+        if name in named and (not sep or name in bare):
             raise ConfigError(f"setting 'models': two models are named '{name}'; name them with NAME=DIR")
-        named[name] = path
+        if not sep:
+            bare.add(name)
+        paths = [path]
+        if glob.has_magic(path):
+            paths = sorted(glob.glob(path))
+            if not paths:
+                raise ConfigError(f"setting 'models': '{path}' (model '{name}') matches no directory")
+        named.setdefault(name, []).extend(paths)
     return named
 
 
@@ -418,27 +433,70 @@ def pick(rewards: np.ndarray, n: int) -> np.ndarray:
     return index
 
 
+def _resampled_means(values: np.ndarray, n_resamples: int, seed: int) -> np.ndarray:
+    """Means of `values` over bootstrap resamples: axis 0 (prompts) is redrawn with a stream seeded by `seed`
+    alone, so every read-out of one result sees the same prompt resamples; each further axis (the runs of
+    one model, e.g. its seeds) is redrawn independently, so the interval counts seed-to-seed spread too."""
+    prompt_rng, run_rng = np.random.default_rng(seed), np.random.default_rng([seed, 1])
+    n = values.shape[0]
+    means = np.empty(n_resamples)
+    for r in range(n_resamples):
+        sample = values[prompt_rng.integers(0, n, n)]
+        for axis in range(1, values.ndim):
+            k = values.shape[axis]
+            if k > 1:
+                sample = np.take(sample, run_rng.integers(0, k, k), axis=axis)
+        means[r] = sample.mean()
+    return means
+
+
 def _interval(values: np.ndarray, n_resamples: int, seed: int) -> dict:
-    if values.size == 0:
+    """Mean of `values` (prompts first, then one axis per model's runs) with its 95% bootstrap interval."""
+    if values.shape[0] == 0:
         return {"value": None, "low": None, "high": None, "n": 0}
-    interval = metrics.bootstrap_ci(metrics.mean_margin, values, n_resamples=n_resamples, seed=seed)
-    return {**interval.as_dict(), "n": int(values.size)}
+    low, high = metrics._percentiles(_resampled_means(values, n_resamples, seed), 0.95)
+    return {"value": float(values.mean()), "low": low, "high": high, "n": int(values.shape[0])}
 
 
-def best_of_n_scores(rewards: dict[str, np.ndarray], gold: np.ndarray, ns=DEFAULT_NS, *, n_resamples: int = 1000,
+def _difference(a: np.ndarray, b: np.ndarray, n_resamples: int, seed: int) -> dict:
+    """mean(a) − mean(b) for (prompts, runs) arrays on the same prompts: paired over prompts, runs redrawn."""
+    differences = a[:, :, None] - b[:, None, :]
+    replicates = _resampled_means(differences, n_resamples, seed)
+    low, high = metrics._percentiles(replicates, 0.95)
+    return {"estimate": float(differences.mean()), "low": low, "high": high,
+            "share_a_better": float(np.mean(replicates > 0)), "n": int(a.shape[0])}
+
+
+def _runs(name: str, value) -> np.ndarray:
+    """(runs, prompts, n) rewards from one (prompts, n) matrix or a list of them (one per run of a model)."""
+    array = np.asarray(value, dtype=np.float64)
+    if array.ndim == 2:
+        array = array[None]
+    if array.ndim != 3 or array.shape[0] == 0:
+        raise ConfigError(f"rewards of '{name}': expected a (prompts, samples) matrix or a list of them, got shape "
+                          f"{array.shape}")
+    return array
+
+
+def best_of_n_scores(rewards: dict, gold: np.ndarray, ns=DEFAULT_NS, *, n_resamples: int = 1000,
                      seed: int = 0) -> dict:
     """Best-of-N read-outs from score matrices.
 
-    rewards: {model name: (prompts, n) rewards of every sample}; gold: (prompts, n) gold rewards. NaN marks a
-    skipped sample (an empty response): a sample NaN in any matrix is skipped by every model. For each N
-    (at most n), over the prompts that have at least one usable sample among their first N:
-    - curve[name][N]: mean gold reward of the model's pick, bootstrap 95% interval, n prompts; proxy: the
-      model's own mean reward of its pick;
+    rewards: {model name: (prompts, n) rewards of every sample, or a list of such matrices, one per run of
+    the model (its seeds)}; gold: (prompts, n) gold rewards. NaN marks a skipped sample (an empty response):
+    a sample NaN in any matrix is skipped by every model. For each N (at most n), over the prompts that
+    have at least one usable sample among their first N:
+    - curve[name][N]: mean gold reward of the model's pick (averaged over its runs), bootstrap 95%
+      interval, n prompts; proxy: the model's own mean reward of its pick; for several runs, `runs` and
+      `per_run` (each run's mean gold reward);
     - baselines: "random" (the mean gold reward of the first N usable samples: a uniformly random pick) and
       "oracle" (the gold model's own best of N, an upper bound);
-    - win_rate["A vs B"][N]: P(gold(pick A) > gold(pick B)) + ½ P(tie), interval from the same prompt
-      resamples, the share of ties, and the paired difference in mean gold reward;
-    - picks[name][N]: the index of each prompt's pick (-1 where the prompt is skipped at that N).
+    - win_rate["A vs B"][N]: P(gold(pick A) > gold(pick B)) + ½ P(tie) over prompts and every pair of a
+      run of A and a run of B, the share of ties, and the difference in mean gold reward;
+    - picks[name][N]: the index of each prompt's pick (-1 where the prompt is skipped at that N); for a
+      model of several runs, one such list per run.
+    Intervals resample prompts (the same resamples for every read-out, so comparisons are paired) and,
+    for models of several runs, the runs as well.
     """
     ns = check_ns(ns)
     gold = np.asarray(gold, dtype=np.float64)
@@ -447,16 +505,17 @@ def best_of_n_scores(rewards: dict[str, np.ndarray], gold: np.ndarray, ns=DEFAUL
                           f"{gold.shape}")
     if not rewards:
         raise ConfigError("best of N: give at least one reward model")
-    matrices = {name: np.asarray(r, dtype=np.float64) for name, r in rewards.items()}
-    for name, matrix in matrices.items():
-        if matrix.shape != gold.shape:
-            raise ConfigError(f"rewards of '{name}': shape {matrix.shape} differs from the gold rewards' {gold.shape}")
+    runs = {name: _runs(name, r) for name, r in rewards.items()}
+    for name, array in runs.items():
+        if array.shape[1:] != gold.shape:
+            raise ConfigError(f"rewards of '{name}': shape {array.shape[1:]} differs from the gold rewards' "
+                              f"{gold.shape}")
     if ns[-1] > gold.shape[1]:
         raise ConfigError(f"setting 'ns': N = {ns[-1]} but only {gold.shape[1]} samples per prompt were scored")
-    skip = np.isnan(gold) | np.any([np.isnan(m) for m in matrices.values()], axis=0)
+    skip = np.isnan(gold) | np.any([np.isnan(a).any(axis=0) for a in runs.values()], axis=0)
     gold = np.where(skip, np.nan, gold)
-    matrices = {name: np.where(skip, np.nan, m) for name, m in matrices.items()}
-    names = list(matrices)
+    runs = {name: np.where(skip, np.nan, a) for name, a in runs.items()}
+    names = list(runs)
     result = {"ns": ns, "prompts": int(gold.shape[0]), "samples_per_prompt": int(gold.shape[1]),
               "skipped_samples": int(skip.sum()), "skipped_prompts": {}, "curve": {name: {} for name in names},
               "picks": {name: {} for name in names},
@@ -466,15 +525,18 @@ def best_of_n_scores(rewards: dict[str, np.ndarray], gold: np.ndarray, ns=DEFAUL
         result["skipped_prompts"][str(n)] = int((~usable).sum())
         rows = np.flatnonzero(usable)
         gold_n = gold[rows, :n]
-        picked_gold = {}
+        picked_gold = {}  # name -> (prompts, runs)
         for name in names:
-            picks = pick(matrices[name], n)
-            result["picks"][name][str(n)] = picks.tolist()
-            index = picks[rows]
-            picked_gold[name] = gold_n[np.arange(rows.size), index]
-            proxy = matrices[name][rows, index] if rows.size else np.zeros(0)
-            result["curve"][name][str(n)] = {**_interval(picked_gold[name], n_resamples, seed),
-                                             "proxy": float(proxy.mean()) if rows.size else None}
+            picks = np.stack([pick(r, n) for r in runs[name]])  # (runs, all prompts)
+            result["picks"][name][str(n)] = picks[0].tolist() if len(picks) == 1 else picks.tolist()
+            index = picks[:, rows]
+            picked_gold[name] = np.stack([gold_n[np.arange(rows.size), i] for i in index], axis=1)
+            proxy = np.stack([r[rows, i] for r, i in zip(runs[name], index, strict=True)], axis=1)
+            entry = {**_interval(picked_gold[name], n_resamples, seed),
+                     "proxy": float(proxy.mean()) if rows.size else None}
+            if len(picks) > 1:
+                entry.update(runs=len(picks), per_run=picked_gold[name].mean(axis=0).tolist() if rows.size else None)
+            result["curve"][name][str(n)] = entry
         with np.errstate(invalid="ignore"):
             result["baselines"]["random"][str(n)] = _interval(np.nanmean(gold_n, axis=1) if rows.size
                                                               else np.zeros(0), n_resamples, seed)
@@ -483,33 +545,65 @@ def best_of_n_scores(rewards: dict[str, np.ndarray], gold: np.ndarray, ns=DEFAUL
         for a_index, a in enumerate(names):
             for b in names[a_index + 1:]:
                 entry = result["win_rate"].setdefault(f"{a} vs {b}", {})
-                ga, gb = picked_gold[a], picked_gold[b]
-                outcome = np.where(ga > gb, 1.0, np.where(ga == gb, 0.5, 0.0))
+                ga, gb = picked_gold[a][:, :, None], picked_gold[b][:, None, :]
+                outcome = np.where(ga > gb, 1.0, np.where(ga == gb, 0.5, 0.0))  # (prompts, runs of a, runs of b)
                 entry[str(n)] = _interval(outcome, n_resamples, seed)
                 if rows.size:
                     entry[str(n)]["ties"] = float(np.mean(ga == gb))
-                    difference = metrics.paired_bootstrap(ga, gb, stat=metrics.mean_margin, n_resamples=n_resamples,
-                                                          seed=seed)
-                    entry[str(n)]["gold_difference"] = dataclasses.asdict(difference)
+                    entry[str(n)]["gold_difference"] = _difference(picked_gold[a], picked_gold[b], n_resamples, seed)
     return result
+
+
+def win_rate_of(win_rates: dict, a: str, b: str, n) -> dict | None:
+    """result["win_rate"] of A against B at N, whichever way round it is stored (None when absent)."""
+    entry = win_rates.get(f"{a} vs {b}", {}).get(str(n))
+    if entry is not None:
+        return entry
+    entry = win_rates.get(f"{b} vs {a}", {}).get(str(n))
+    if entry is None or entry["value"] is None:
+        return entry
+    flipped = {**entry, "value": 1 - entry["value"], "low": 1 - entry["high"], "high": 1 - entry["low"]}
+    if "gold_difference" in entry:
+        d = entry["gold_difference"]
+        flipped["gold_difference"] = {**d, "estimate": -d["estimate"], "low": -d["high"], "high": -d["low"],
+                                      "share_a_better": 1 - d["share_a_better"]}
+    return flipped
 
 
 def best_of_n(samples: Samples, reward_models: dict, gold, ns=DEFAULT_NS, *, normalize_gold: bool = True,
               n_resamples: int = 1000, seed: int = 0, batch_size: int = 64) -> dict:
     """Best-of-N of every reward model on `samples`, judged by `gold`: see `best_of_n_scores` for the result.
 
-    reward_models: {name: RewardModel, or a (prompts, n) reward matrix already computed}; gold: a
-    RewardModel or a matrix. normalize_gold: gold rewards in the gold model's normalised units when it
-    stores them (result["gold_units"] says which). Empty samples are skipped and counted.
+    reward_models: {name: RewardModel, a (prompts, n) reward matrix already computed, or a list of those
+    (the runs of one model, e.g. its seeds)}; gold: a RewardModel or a matrix. normalize_gold: gold
+    rewards in the gold model's normalised units when it stores them (result["gold_units"] says which).
+    Empty samples are skipped and counted. Head-mode models that share an encoder (backbone, length,
+    pooling, dtype, template) embed the samples once between them.
     """
+    from marsrm.model import HeadRewardModel
+
     if not samples.ids:
         raise ConfigError("best of N: the prompt set is empty")
     empty = samples.empty()
+    rows, cols = np.nonzero(~empty)
+    embedded: dict[tuple, np.ndarray] = {}
 
     def rewards_of(model, normalize=False) -> np.ndarray:
         if isinstance(model, np.ndarray):
             return np.where(empty, np.nan, np.asarray(model, dtype=np.float64)[:, :samples.n])
-        return score_samples(model, samples, normalize=normalize, batch_size=batch_size)
+        if not isinstance(model, HeadRewardModel) or not rows.size:
+            return score_samples(model, samples, normalize=normalize, batch_size=batch_size)
+        spec = model.spec
+        key = (spec.backbone, spec.max_length, spec.pooling, spec.embed_dtype, spec.template)
+        if key not in embedded:
+            embedded[key] = model.embed([samples.prompts[i] for i in rows],
+                                        [samples.texts[i][j] for i, j in zip(rows, cols)], batch_size=batch_size)
+        values = model.score_embeddings(embedded[key])
+        if normalize:
+            values = (values - spec.normalization["mean"]) / max(spec.normalization["std"], 1e-12)
+        matrix = np.full(empty.shape, np.nan)
+        matrix[rows, cols] = values
+        return matrix
 
     units = "given"
     if isinstance(gold, np.ndarray):
@@ -518,7 +612,8 @@ def best_of_n(samples: Samples, reward_models: dict, gold, ns=DEFAULT_NS, *, nor
         normalized = normalize_gold and bool(getattr(gold.spec, "normalization", None))
         units = "normalized" if normalized else "raw"
         gold_rewards = rewards_of(gold, normalized)
-    rewards = {name: rewards_of(model) for name, model in reward_models.items()}
+    rewards = {name: [rewards_of(m) for m in model] if isinstance(model, (list, tuple)) else rewards_of(model)
+               for name, model in reward_models.items()}
     result = best_of_n_scores(rewards, gold_rewards, ns, n_resamples=n_resamples, seed=seed)
     result.update({"gold_units": units, "empty_samples": int(empty.sum()), "prompt_ids": list(samples.ids)})
     return result
@@ -533,7 +628,9 @@ def format_result(result: dict) -> str:
     ns = result["ns"]
     lines = [(f"best of N on {result['prompts']} prompts, gold reward ({result.get('gold_units', 'raw')}) of each "
               f"model's pick, mean [95% interval]; {result['skipped_samples']} empty samples skipped")]
-    rows = {**result["curve"], **{f"({k})": v for k, v in result["baselines"].items()}}
+    runs = {name: curve[str(ns[0])].get("runs") for name, curve in result["curve"].items()}
+    rows = {**{f"{name} ({runs[name]} runs)" if runs[name] else name: curve for name, curve in result["curve"].items()},
+            **{f"({k})": v for k, v in result["baselines"].items()}}
     width = max(len(name) for name in rows) + 2
     lines.append(f"{'N':<{width}}" + "".join(f"{n:>26}" for n in ns))
     for name, curve in rows.items():
@@ -616,7 +713,8 @@ def bon(config: BonConfig, echo=print) -> dict:
                                  device=config.device)
 
     named = model_names(config.models)
-    models = {name: load(path) for name, path in named.items()}
+    models = {name: load(paths[0]) if len(paths) == 1 else [load(path) for path in paths]
+              for name, paths in named.items()}
     gold = load(config.gold)
 
     prompts = held_out_prompts(config, config.prompts, echo)
@@ -635,14 +733,15 @@ def bon(config: BonConfig, echo=print) -> dict:
                           "or --no-check-gold if you know they do not overlap")
     if gold_prompts is not None:
         trained["gold"] = gold_prompts
-    for name, path in named.items():
-        try:
-            known = training_prompts(path)
-        except ConfigError as err:
-            echo(f"note: training prompts of '{name}' unknown, overlap not checked ({err})")
-            known = None
-        if known is not None:
-            trained[name] = known
+    for name, paths in named.items():
+        for path in paths:
+            try:
+                known = training_prompts(path)
+            except ConfigError as err:
+                echo(f"note: training prompts of '{name}' ({path}) unknown, overlap not checked ({err})")
+                known = None
+            if known is not None:
+                trained[name] = trained.get(name, set()) | known
     prompts, overlap = remove_overlap(prompts, trained, config.overlap, echo)
     if not prompts:
         raise ConfigError("no prompts left to evaluate (the held-out set is empty, or every prompt overlapped a "
@@ -658,7 +757,8 @@ def bon(config: BonConfig, echo=print) -> dict:
                                echo=echo, progress=config.progress)
     result = best_of_n(samples, models, gold, ns, normalize_gold=config.normalize_gold,
                        n_resamples=config.n_resamples, seed=config.seed, batch_size=config.score_batch_size)
-    result.update({"models": named, "gold": config.gold, "gold_checked": gold_prompts is not None,
+    result.update({"models": {name: paths[0] if len(paths) == 1 else paths for name, paths in named.items()},
+                   "gold": config.gold, "gold_checked": gold_prompts is not None,
                    "overlap_dropped": overlap, "policy": policy.settings()})
     atomic_write_json(out / "results.json", result)
     plot_result(result, out / "bon.png")

@@ -66,13 +66,14 @@ class CompareConfig(RunConfig):
                 raise ConfigError(str(err).replace("setting '", "setting 'bon_", 1)) from None
 
     def bon_config(self):
-        """`marsrm bon` on this comparison's split: each strategy's first-seed model, judged by `bon_gold`."""
+        """`marsrm bon` on this comparison's split: each strategy's models (every seed), judged by `bon_gold`."""
         from marsrm.bon import BonConfig
         from marsrm.pipeline import DataSettings
 
         data = {f.name: getattr(self, f.name) for f in dataclasses.fields(DataSettings)}
         data.update(split_seed=self.data_seed)  # the split every run used
-        models = [f"{s}={Path(self.output) / s / f'seed-{self.seed}' / 'model'}" for s in self.strategies]
+        models = [f"{s}={Path(self.output) / s / f'seed-{self.seed + k}' / 'model'}"
+                  for s in self.strategies for k in range(self.seeds)]
         return BonConfig(**data, models=models, gold=self.bon_gold, prompts=self.bon_prompts, ns=self.bon_ns,
                          policy=self.bon_policy, max_new_tokens=self.bon_max_new_tokens,
                          n_resamples=self.n_resamples, output=str(Path(self.output) / "bon"), progress=self.progress)

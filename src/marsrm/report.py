@@ -165,17 +165,24 @@ def write_report(config, summary: dict) -> Path:
                          f"{entry['vs_baseline']['seeds_won']:.2f} |")
     lines += ["", "## Plots", ""] + [f"![{p}]({p})" for p in plots]
     if "bon" in summary:
+        from marsrm.bon import win_rate_of
+
         bon = summary["bon"]
         top = str(bon["ns"][-1])
         lines += ["", f"## Best-of-N, judged by the gold model ({bon['prompts']} held-out prompts)", "",
-                  f"Mean gold reward of each strategy's pick (first seed's model) at N = {top}, 95% bootstrap "
-                  "interval over prompts; all N, the win rates and the samples are in `bon/` "
-                  "(docs/DOWNSTREAM.md).", "", "| strategy | gold reward of the pick |", "|---|---|"]
-        for strategy, curve in bon["curve"].items():
-            entry = curve[top]
-            value = "—" if entry["value"] is None else \
+                  f"At N = {top}: the mean gold reward of each strategy's pick (averaged over its seeds' models) and "
+                  f"its win rate against `{summary['baseline']}`'s pick under the gold model (ties ½), 95% bootstrap "
+                  "intervals over prompts and seeds; all N and the samples are in `bon/` (docs/DOWNSTREAM.md).", "",
+                  f"| strategy | gold reward of the pick | win rate vs {summary['baseline']} |", "|---|---|---|"]
+
+        def cell(entry):
+            return "—" if entry is None or entry["value"] is None else \
                 f"{entry['value']:.4f} [{entry['low']:.4f}, {entry['high']:.4f}]"
-            lines.append(f"| {strategy} | {value} |")
+
+        for strategy, curve in bon["curve"].items():
+            win = None if strategy == summary["baseline"] else win_rate_of(bon["win_rate"], strategy,
+                                                                           summary["baseline"], top)
+            lines.append(f"| {strategy} | {cell(curve[top])} | {cell(win)} |")
         lines += ["", "![bon/bon.png](bon/bon.png)"]
     lines += ["", "## Runs", "", "Each run directory holds config.yaml, metrics.jsonl (one line per round), "
               "rounds/round-T.npz (margins, budgets, sampled variants), checkpoints/, model/ and results.json.", ""]
