@@ -195,6 +195,33 @@ def test_gold_data_example_leaves_out_every_held_out_prompt(tmp_path):
     assert len(written) == 10 and not written & held_out
 
 
+@pytest.mark.slow
+def test_smollm2_backbone_example_writes_the_same_model_as_a_plain_directory(tmp_path):
+    import importlib.util
+    from pathlib import Path
+
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from marsrm.bon import load_causal_lm
+    from marsrm.features import Encoder
+    from marsrm.pool.local import resolve_model
+
+    script = Path(__file__).resolve().parents[1] / "examples" / "smollm2_backbone.py"
+    spec = importlib.util.spec_from_file_location("smollm2_backbone", script)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    assert module.main(["--output", str(tmp_path / "smollm2")]) == 0
+    original, _ = load_causal_lm(*resolve_model("smollm2"), dtype="fp32")
+    copy = AutoModelForCausalLM.from_pretrained(tmp_path / "smollm2")
+    ids = AutoTokenizer.from_pretrained(tmp_path / "smollm2")("Name a fruit.", return_tensors="pt")["input_ids"]
+    with torch.no_grad():
+        assert torch.equal(original(ids).logits, copy(ids).logits)
+    encoder = Encoder(str(tmp_path / "smollm2"), max_length=32, dtype="fp32", use_cache=False)
+    vectors = encoder.embed(["Name a fruit.", "Apple."])
+    assert vectors.shape == (2, copy.config.hidden_size) and np.isfinite(vectors).all()
+
+
 def test_help_lists_the_settings(capsys):
     with pytest.raises(SystemExit):
         main(["bon", "--help"])

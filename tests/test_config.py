@@ -36,6 +36,16 @@ def test_defaults_yaml_then_flags(tmp_path):
     assert "name: from-yaml" in to_yaml(parse(["--config", str(config_file)]))
 
 
+def test_none_sets_an_optional_setting_to_none_from_the_command_line(tmp_path):
+    config_file = tmp_path / "c.yaml"
+    config_file.write_text("size: 7\n")
+    assert parse(["--size", "none"]).size is None
+    assert parse(["--config", str(config_file), "--size", "NULL"]).size is None  # the flag wins over the file
+    assert parse(["--size", "4"]).size == 4
+    with pytest.raises(SystemExit):  # a setting that cannot be None still refuses the word
+        parse(["--rate", "none"])
+
+
 def test_unknown_or_bad_yaml_settings_are_named(tmp_path):
     config_file = tmp_path / "c.yaml"
     config_file.write_text("nmae: typo\n")

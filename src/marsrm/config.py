@@ -1,7 +1,8 @@
 """Config dataclasses → command line: YAML `--config` first, then command-line overrides on top.
 
 Each command has one dataclass; a field's `metadata["help"]` is its `--help` text. Field names map to
-flags with dashes (`train_size` → `--train-size`); booleans get `--flag` / `--no-flag`.
+flags with dashes (`train_size` → `--train-size`); booleans get `--flag` / `--no-flag`; a setting that may
+be None takes `none` (`--train-size none`: every pair but the held-out ones).
 """
 from __future__ import annotations
 
@@ -34,6 +35,20 @@ def _base_type(annotation):
     return annotation, False
 
 
+class _NoneGiven:
+    """What `--flag none` (or `null`) reads as for a setting that may be None: "set it to None"."""
+
+    def __repr__(self):
+        return "none"
+
+
+NONE_GIVEN = _NoneGiven()
+
+
+def _or_none(convert):
+    return lambda text: NONE_GIVEN if str(text).strip().lower() in ("none", "null") else convert(text)
+
+
 def _converter(kind):
     if typing.get_origin(kind) is list:
         (item,) = typing.get_args(kind)
@@ -48,14 +63,15 @@ def build_parser(cls, parser: argparse.ArgumentParser) -> argparse.ArgumentParse
     for f in dataclasses.fields(cls):
         if f.metadata.get("cli") is False:
             continue
-        kind, _ = _base_type(hints[f.name])
+        kind, optional = _base_type(hints[f.name])
         flag = "--" + f.name.replace("_", "-")
         default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
         help_text = f"{f.metadata.get('help', '')} (default: {default})".replace("%", "%%")  # argparse formats help
         if kind is bool:
             parser.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction, default=None, help=help_text)
         else:
-            parser.add_argument(flag, dest=f.name, type=_converter(kind), default=None,
+            convert = _or_none(_converter(kind)) if optional else _converter(kind)
+            parser.add_argument(flag, dest=f.name, type=convert, default=None,
                                 choices=f.metadata.get("choices"), help=help_text, metavar=f.name.upper())
     return parser
 
@@ -102,7 +118,7 @@ def resolve(cls, args: argparse.Namespace):
     for f in dataclasses.fields(cls):
         given = getattr(args, f.name, None)
         if given is not None:
-            values[f.name] = given
+            values[f.name] = None if given is NONE_GIVEN else given
     config = from_mapping(cls, values, origin=str(getattr(args, "config", None) or "command line"))
     if hasattr(config, "validate"):
         config.validate()
