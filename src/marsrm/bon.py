@@ -17,6 +17,7 @@ gold, ns)` is the library call; `bon(config)` is `marsrm bon`. docs/DOWNSTREAM.m
 from __future__ import annotations
 
 import dataclasses
+import functools
 import glob
 import hashlib
 import json
@@ -176,12 +177,20 @@ def training_prompts(model_dir: str | os.PathLike) -> set[str] | None:
     if not isinstance(values, dict) or "data" not in values:
         return None
     settings = DataSettings(**{k: v for k, v in values.items() if k in fields})
+    # runs that differ only in their training seed share a split: rebuild it once for all of them
+    settings = dataclasses.replace(settings, seed=settings.data_seed, split_seed=None)
     try:
-        split, _ = load_split(settings, echo=lambda *_: None)
+        return _split_prompts(json.dumps(dataclasses.asdict(settings), sort_keys=True))
     except (DataError, ConfigError, FileNotFoundError) as err:
         raise ConfigError(f"{run_config}: cannot rebuild the training split of {model_dir} to check overlap "
                           f"({err}); pass the training pairs with --gold-exclude FILE, or --no-check-gold") from err
-    return {prompt_key(p.prompt) for p in split.train + split.val}
+
+
+@functools.lru_cache(maxsize=16)
+def _split_prompts(settings_json: str) -> frozenset[str]:
+    """Prompt keys of the train and validation pairs of the split that these DataSettings (as JSON) draw."""
+    split, _ = load_split(DataSettings(**json.loads(settings_json)), echo=lambda *_: None)
+    return frozenset(prompt_key(p.prompt) for p in split.train + split.val)
 
 
 def pair_prompts(source: str) -> set[str]:
@@ -454,7 +463,7 @@ def _interval(values: np.ndarray, n_resamples: int, seed: int) -> dict:
     """Mean of `values` (prompts first, then one axis per model's runs) with its 95% bootstrap interval."""
     if values.shape[0] == 0:
         return {"value": None, "low": None, "high": None, "n": 0}
-    low, high = metrics._percentiles(_resampled_means(values, n_resamples, seed), 0.95)
+    low, high = metrics.percentiles(_resampled_means(values, n_resamples, seed), 0.95)
     return {"value": float(values.mean()), "low": low, "high": high, "n": int(values.shape[0])}
 
 
@@ -462,7 +471,7 @@ def _difference(a: np.ndarray, b: np.ndarray, n_resamples: int, seed: int) -> di
     """mean(a) − mean(b) for (prompts, runs) arrays on the same prompts: paired over prompts, runs redrawn."""
     differences = a[:, :, None] - b[:, None, :]
     replicates = _resampled_means(differences, n_resamples, seed)
-    low, high = metrics._percentiles(replicates, 0.95)
+    low, high = metrics.percentiles(replicates, 0.95)
     return {"estimate": float(differences.mean()), "low": low, "high": high,
             "share_a_better": float(np.mean(replicates > 0)), "n": int(a.shape[0])}
 
@@ -600,7 +609,7 @@ def best_of_n(samples: Samples, reward_models: dict, gold, ns=DEFAULT_NS, *, nor
                                         [samples.texts[i][j] for i, j in zip(rows, cols)], batch_size=batch_size)
         values = model.score_embeddings(embedded[key])
         if normalize:
-            values = (values - spec.normalization["mean"]) / max(spec.normalization["std"], 1e-12)
+            values = model.normalize(values)
         matrix = np.full(empty.shape, np.nan)
         matrix[rows, cols] = values
         return matrix
@@ -712,6 +721,7 @@ def bon(config: BonConfig, echo=print) -> dict:
         return load_reward_model(path, allow_pickle=config.allow_pickle, trust_remote_code=config.trust_remote_code,
                                  device=config.device)
 
+    _split_prompts.cache_clear()  # the data files may have changed since an earlier call in this process
     named = model_names(config.models)
     models = {name: load(paths[0]) if len(paths) == 1 else [load(path) for path in paths]
               for name, paths in named.items()}

@@ -355,7 +355,7 @@ def _replicates(statistics: Sequence[tuple[Callable, Sequence]], n_resamples: in
     return [np.concatenate(out) for out in blocks]
 
 
-def _percentiles(replicates: np.ndarray, level: float) -> tuple[float, float]:
+def percentiles(replicates: np.ndarray, level: float) -> tuple[float, float]:
     if not 0.0 < level < 1.0:
         raise ValueError(f"level: expected a confidence level strictly between 0 and 1, got {level}")
     tail = (1.0 - level) / 2.0
@@ -378,7 +378,7 @@ def bootstrap_ci(
     arrays, _ = _check_arrays(arrays)
     estimate = float(stat_fn(*arrays))
     (replicates,) = _replicates([(stat_fn, arrays)], n_resamples, seed)
-    low, high = _percentiles(replicates, level)
+    low, high = percentiles(replicates, level)
     return Interval(estimate, low, high)
 
 
@@ -400,7 +400,7 @@ def paired_bootstrap(
     margins_a, margins_b = _as_pairs(margins_a, margins_b, ("margins_a", "margins_b"))
     replicates_a, replicates_b = _replicates([(stat, [margins_a]), (stat, [margins_b])], n_resamples, seed)
     differences = replicates_a - replicates_b
-    low, high = _percentiles(differences, level)
+    low, high = percentiles(differences, level)
     return PairedComparison(
         estimate=float(stat(margins_a) - stat(margins_b)),
         low=low,
@@ -502,7 +502,7 @@ def evaluate_margins(
     report: dict = {"n": int(n)}
     replicates = _replicates(list(statistics.values()), n_resamples, seed)
     for (name, (stat_fn, arrays)), resampled in zip(statistics.items(), replicates):
-        low, high = _percentiles(resampled, 0.95)
+        low, high = percentiles(resampled, 0.95)
         report[name] = Interval(float(stat_fn(*arrays)), low, high).as_dict()
     if subsets is not None:
         per_subset = {}

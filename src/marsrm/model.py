@@ -196,11 +196,13 @@ class RewardModel:
 
     def score(self, prompts, responses, *, normalize: bool = False, batch_size: int = 64) -> np.ndarray:
         rewards = self._score(list(prompts), list(responses), batch_size=batch_size)
-        if normalize:
-            if not self.spec.normalization:
-                raise ModelError("this model has no stored reward normalization (train it again with marsrm)")
-            rewards = (rewards - self.spec.normalization["mean"]) / max(self.spec.normalization["std"], 1e-12)
-        return rewards
+        return self.normalize(rewards) if normalize else rewards
+
+    def normalize(self, rewards: np.ndarray) -> np.ndarray:
+        """Rewards in units of the stored normalization: mean 0, std 1 over the training pairs."""
+        if not self.spec.normalization:
+            raise ModelError("this model has no stored reward normalization (train it again with marsrm)")
+        return (rewards - self.spec.normalization["mean"]) / max(self.spec.normalization["std"], 1e-12)
 
     def score_pairs(self, pairs, *, batch_size: int = 64) -> tuple[np.ndarray, np.ndarray]:
         """Rewards of (chosen, rejected) for a list of `PreferencePair`, in one scoring call."""
