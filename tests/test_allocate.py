@@ -172,8 +172,8 @@ def test_errors_name_the_setting(call, message):
 
 
 def test_strategy_records():
-    assert get_strategy("mars").defaults == {"tau": 0.1}
-    assert get_strategy("mars-signed").defaults == {"tau": 0.5}
+    assert get_strategy("mars").defaults == {"tau": 0.1, "tau_scale": "raw"}
+    assert get_strategy("mars-signed").defaults == {"tau": 0.5, "tau_scale": "raw"}
     assert get_strategy("adaboost").defaults == {"beta": 1.0}
     assert get_strategy("west-of-n").sampling_order == "highest-margin"
     assert get_strategy("uniform").sampling_order == "random"
@@ -317,3 +317,49 @@ def test_summaries_bounds(margins, budget):
     assert -1e-12 <= allocation_entropy(counts) <= math.log(n_used) + 1e-9
     assert 1 - 1e-9 <= effective_sample_size(counts) <= n_used + 1e-9
     assert 0.0 <= lowest_margin_decile_share(margins, counts) <= 1.0
+
+
+# --- the scale-free temperature ----------------------------------------------------------------------
+
+
+@given(st.lists(st.floats(-20, 20, allow_nan=False), min_size=2, max_size=60),
+       st.floats(0.01, 100), st.sampled_from(["mars", "mars-signed"]))
+@settings(max_examples=60, deadline=None)
+def test_std_scale_makes_the_allocation_independent_of_the_margins_scale(margins, factor, strategy):
+    margins = np.array(margins)
+    base = allocate(strategy, margins, 500, None, tau=2.0, tau_scale="std")
+    assert base.sum() == 500
+    scaled = allocate(strategy, margins * factor, 500, None, tau=2.0, tau_scale="std")
+    # The same allocation whatever the unit of the margins (up to float rounding at an exact remainder tie).
+    assert np.abs(base - scaled).max() <= 1
+
+
+def test_raw_scale_depends_on_the_margins_scale_and_is_the_default():
+    margins = np.linspace(-1, 1, 100)
+    assert np.array_equal(allocate("mars", margins, 1000, None, tau=2.0),
+                          allocate("mars", margins, 1000, None, tau=2.0, tau_scale="raw"))
+    small = allocate("mars", margins * 0.01, 1000, None, tau=2.0)
+    large = allocate("mars", margins * 10, 1000, None, tau=2.0)
+    assert small.max() - small.min() <= 1 < large.max() - large.min()
+
+
+def test_std_scale_is_tau_times_margins_over_their_std():
+    from marsrm.allocate import largest_remainder, scaled_margins
+
+    margins = np.array([-2.0, -0.5, 0.0, 0.3, 1.0, 4.0])
+    expected = largest_remainder(np.exp(-3.0 * margins / margins.std()), 600)
+    assert np.array_equal(allocate("mars-signed", margins, 600, None, tau=3.0, tau_scale="std"), expected)
+    assert np.allclose(scaled_margins(margins, "std"), margins / margins.std())
+    assert np.array_equal(scaled_margins(np.zeros(4), "std"), np.zeros(4))  # a zero-initialised head: uniform
+
+
+def test_unknown_tau_scale_is_refused():
+    with pytest.raises(ValueError, match="tau_scale must be one of raw, std"):
+        allocate("mars", [0.0, 1.0], 10, None, tau_scale="z")
+
+
+def test_signed_decile_share_counts_the_most_mis_ranked_pairs():
+    margins = np.array([-3.0, 0.1] + [2.0] * 18)  # 20 pairs: decile = 2 pairs
+    counts = np.array([10, 0, 5] + [0] * 17)
+    assert lowest_margin_decile_share(margins, counts, signed=True) == pytest.approx(10 / 15)  # pairs 0 and 1
+    assert lowest_margin_decile_share(margins, counts) == pytest.approx(5 / 15)  # by |Δ|: pairs 1 and 2

@@ -37,6 +37,7 @@ __all__ = [
     "pool_offsets",
     "pseudo_label",
     "sample_variants",
+    "scaled_margins",
     "uniform",
 ]
 
@@ -94,18 +95,42 @@ def largest_remainder(weights, budget) -> np.ndarray:
 # Strategies: fn(margins, budget, rng, **settings) -> counts
 
 
-def mars(margins, budget, rng, *, tau: float = 0.1) -> np.ndarray:
-    """MARS v1: q_i = softmax_i(-tau·|Δ_i|), rounded by `largest_remainder`; low |margin| gets most."""
-    margins, budget = _as_margins(margins), _as_budget(budget)
-    tau = _as_setting("tau", tau)
-    return largest_remainder(_softmax_weights(-tau * np.abs(margins)), budget)
+TAU_SCALES = ("raw", "std")
 
 
-def mars_signed(margins, budget, rng, *, tau: float = 0.5) -> np.ndarray:
-    """MARS v2: q_i = softmax_i(-tau·Δ_i) in the signed margin, so mis-ranked pairs (Δ < 0) get most."""
+def scaled_margins(margins, tau_scale: str = "raw") -> np.ndarray:
+    """The margins the temperature multiplies: as they are ("raw", the paper's form) or divided by this round's
+    standard deviation of Δ ("std"), so that τ means the same concentration on every backbone, head and round.
+
+    A round whose margins are all equal (std 0, e.g. a zero-initialised head) gives all zeros: a uniform share.
+    """
+    margins = _as_margins(margins)
+    if tau_scale == "raw":
+        return margins
+    if tau_scale != "std":
+        raise ValueError(f"tau_scale must be one of {', '.join(TAU_SCALES)}; got {tau_scale!r}")
+    spread = float(margins.std()) if margins.size else 0.0
+    return margins / spread if spread > 0 else np.zeros_like(margins)
+
+
+def mars(margins, budget, rng, *, tau: float = 0.1, tau_scale: str = "raw") -> np.ndarray:
+    """MARS v1: q_i = softmax_i(-tau·|Δ_i|), rounded by `largest_remainder`; low |margin| gets most.
+
+    tau_scale "std" uses |Δ_i| / std(Δ) instead of |Δ_i| (see `scaled_margins`).
+    """
     margins, budget = _as_margins(margins), _as_budget(budget)
     tau = _as_setting("tau", tau)
-    return largest_remainder(_softmax_weights(-tau * margins), budget)
+    return largest_remainder(_softmax_weights(-tau * np.abs(scaled_margins(margins, tau_scale))), budget)
+
+
+def mars_signed(margins, budget, rng, *, tau: float = 0.5, tau_scale: str = "raw") -> np.ndarray:
+    """MARS v2: q_i = softmax_i(-tau·Δ_i) in the signed margin, so mis-ranked pairs (Δ < 0) get most.
+
+    tau_scale "std" uses Δ_i / std(Δ) instead of Δ_i (see `scaled_margins`).
+    """
+    margins, budget = _as_margins(margins), _as_budget(budget)
+    tau = _as_setting("tau", tau)
+    return largest_remainder(_softmax_weights(-tau * scaled_margins(margins, tau_scale)), budget)
 
 
 def uniform(margins, budget, rng) -> np.ndarray:
@@ -354,11 +379,12 @@ def effective_sample_size(counts) -> float:
     return float(counts.sum() ** 2 / squares) if squares else 0.0
 
 
-def lowest_margin_decile_share(margins, counts) -> float:
-    """Share of the budget given to the ceil(N/10) pairs with the smallest |Δ|; 0.0 for a 0 budget.
+def lowest_margin_decile_share(margins, counts, *, signed: bool = False) -> float:
+    """Share of the budget given to the ceil(N/10) pairs with the smallest |Δ| (or, with ``signed``, the smallest
+    signed Δ: the most mis-ranked pairs, which `mars_signed` favours); 0.0 for a 0 budget.
 
-    Ties in |Δ| at the decile's edge go to the lower index (a stable sort), so the decile always holds
-    exactly ceil(N/10) pairs. Uniform allocation gives about 0.1; MARS v1 gives more.
+    Ties at the decile's edge go to the lower index (a stable sort), so the decile always holds exactly
+    ceil(N/10) pairs. Uniform allocation gives about 0.1; MARS gives more.
     """
     margins = _as_margins(margins)
     counts = _as_counts("counts", counts)
@@ -367,7 +393,8 @@ def lowest_margin_decile_share(margins, counts) -> float:
     total = counts.sum()
     if total == 0:
         return 0.0
-    decile = np.argsort(np.abs(margins), kind="stable")[: -(-margins.size // 10)]
+    key = margins if signed else np.abs(margins)
+    decile = np.argsort(key, kind="stable")[: -(-margins.size // 10)]
     return float(counts[decile].sum() / total)
 
 

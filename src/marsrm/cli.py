@@ -30,6 +30,7 @@ def _commands():
     from marsrm.compare import CompareConfig
     from marsrm.loop import RunConfig
     from marsrm.demo import DemoConfig
+    from marsrm.experiment import ExperimentConfig
     from marsrm.pool.command import AugmentConfig
 
     return {
@@ -41,6 +42,8 @@ def _commands():
                     "report.md"),
         "demo": (DemoConfig, run_demo, "the main job on the embedded default data"),
         "export": (ExportConfig, run_export, "head-mode model → standard AutoModelForSequenceClassification directory"),
+        "experiment": (ExperimentConfig, run_experiment, "the comparisons of docs/RESULTS.md: run what results/ "
+                       "lacks, or rebuild its tables from results/"),
         "bon": (BonConfig, run_bon, "best of N: a policy's samples picked by each reward model, judged by a gold "
                 "model"),
     }
@@ -89,6 +92,12 @@ def run_eval(config) -> None:
     from marsrm import pipeline
 
     pipeline.evaluate(config)
+
+
+def run_experiment(config) -> None:
+    from marsrm.experiment import experiment
+
+    experiment(config)
 
 
 def run_bon(config) -> None:

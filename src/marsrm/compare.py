@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from marsrm import allocate as alloc
-from marsrm import metrics
+from marsrm import metrics, record
 from marsrm.config import ConfigError, setting, to_yaml
 from marsrm.io import atomic_write_json, atomic_write_text
 from marsrm.loop import RunConfig, open_base_pool, run
@@ -36,6 +36,10 @@ class CompareConfig(RunConfig):
     baseline: str = setting("uniform", "strategy every other one is compared against, pair by pair")
     workers: int = setting(0, "parallel processes; 0 = one per 2 CPU cores, at most one per run")
     output: str = setting("runs/compare", "directory: one run per strategy and seed, plus report.md and plots")
+    record: str | None = setting(None, "results directory (e.g. results/NAME, to commit): each finished run's small "
+                                 "outputs (config, results, metrics, per-pair margins and ids, per-round "
+                                 "allocations; no weights) are copied to <record>/<strategy>/seed-<s>/, and a run "
+                                 "recorded there with the same settings is not run again")
     bon_gold: str | None = setting(None, "gold reward model: after the runs, best-of-N (`marsrm bon`) of each "
                                    "strategy's first-seed model on the held-out prompts, judged by it, into "
                                    "<output>/bon (docs/DOWNSTREAM.md)")
@@ -86,16 +90,32 @@ class CompareConfig(RunConfig):
         return RunConfig(**values)
 
 
-def _run_one(config: RunConfig, pool=None) -> tuple[str, int, str]:
+def _run_one(config: RunConfig, pool=None, record_dir: str | None = None) -> tuple[str, int, str]:
+    """Run one (strategy, seed) unless it is finished (in its run directory or recorded); record it if asked."""
     import torch
 
     torch.set_num_threads(max(1, int(os.environ.get("MARSRM_THREADS", "1"))))
+    if record_dir and record.is_recorded(record_dir):
+        changed = record.differences(record.read_fingerprint(record_dir, RunConfig) or {}, config)
+        if changed:
+            raise ConfigError(f"setting 'record': {record_dir} holds this run made with other settings "
+                              f"({', '.join(changed[:5])}); remove it to run it again, or record elsewhere")
+        return config.strategy, config.seed, "recorded before"
     results_file = Path(config.output) / "results.json"
     if results_file.exists():
-        return config.strategy, config.seed, "done before"
-    resumable = (Path(config.output) / "fingerprint.json").exists()
-    run(dataclasses.replace(config, resume=resumable, overwrite=not resumable), echo=lambda *_: None, pool=pool)
-    return config.strategy, config.seed, "resumed" if resumable else "ran"
+        status = "done before"
+    else:
+        resumable = (Path(config.output) / "fingerprint.json").exists()
+        run(dataclasses.replace(config, resume=resumable, overwrite=not resumable), echo=lambda *_: None, pool=pool)
+        status = "resumed" if resumable else "ran"
+    if record_dir:
+        record.record_run(Path(config.output), Path(record_dir))
+        status += ", recorded"
+    return config.strategy, config.seed, status
+
+
+def _record_dir(config: "CompareConfig", job: RunConfig) -> str | None:
+    return str(Path(config.record) / job.strategy / f"seed-{job.seed}") if config.record else None
 
 
 def compare(config: CompareConfig, echo=print, pool=None) -> dict:
@@ -110,22 +130,27 @@ def compare(config: CompareConfig, echo=print, pool=None) -> dict:
     atomic_write_text(out / "config.yaml", to_yaml(config))
     jobs = [config.run_config(s, config.seed + k) for s in config.strategies for k in range(config.seeds)]
 
-    _prewarm(config, echo, pool)
+    recorded = [job for job in jobs if config.record and record.is_recorded(_record_dir(config, job))]
+    if len(recorded) < len(jobs):  # nothing to embed when every run is recorded already
+        _prewarm(config, echo, pool)
     workers = 1 if pool is not None else config.workers or max(1, min(len(jobs), (os.cpu_count() or 2) // 2))
     echo(f"{len(jobs)} runs ({len(config.strategies)} strategies × {config.seeds} seeds) on {workers} process(es)")
     if workers == 1:
         for job in jobs:
-            echo("{} seed {}: {}".format(*_run_one(job, pool)))
+            echo("{} seed {}: {}".format(*_run_one(job, pool, _record_dir(config, job))))
     else:
         import multiprocessing
 
         os.environ.setdefault("MARSRM_THREADS", str(max(1, (os.cpu_count() or 2) // workers)))
         with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
-            futures = [pool.submit(_run_one, job) for job in jobs]
+            futures = [pool.submit(_run_one, job, None, _record_dir(config, job)) for job in jobs]
             for future in as_completed(futures):
                 echo("{} seed {}: {}".format(*future.result()))
 
     summary = summarise(config)
+    if config.record:
+        atomic_write_text(Path(config.record) / "config.yaml", to_yaml(config))
+        atomic_write_json(Path(config.record) / "summary.json", summary)
     if config.bon_gold:
         from marsrm.bon import bon
 
@@ -173,12 +198,14 @@ def _seed_interval(values: np.ndarray, level: float = 0.95) -> dict:
 
 
 def load_runs(config: CompareConfig) -> dict:
-    """{strategy: [results.json dict per seed]} with the held-out margins attached as `eval_margins`."""
+    """{strategy: [results.json dict per seed]} with the held-out margins attached as `eval_margins`; read from
+    the results directory `config.record` when there is one, else from the run directories in `config.output`."""
     runs = {}
+    root = Path(config.record or config.output)
     for strategy in config.strategies:
         runs[strategy] = []
         for k in range(config.seeds):
-            run_dir = Path(config.output) / strategy / f"seed-{config.seed + k}"
+            run_dir = root / strategy / f"seed-{config.seed + k}"
             results = json.loads((run_dir / "results.json").read_text())
             results["eval_margins"] = np.load(run_dir / "eval_margins.npy")
             results["eval_ids"] = json.loads((run_dir / "eval_ids.json").read_text())
@@ -196,22 +223,44 @@ def summarise(config: CompareConfig) -> dict:
             raise ConfigError(f"{strategy}: held-out pairs differ between runs; were they made with other data?")
     summary = {"baseline": config.baseline, "seeds": config.seeds, "eval_pairs": len(ids), "strategies": {}}
     # Per pair: the share of seeds that rank it right. Differences of these are paired by construction.
-    correct = {s: np.mean([r["eval_margins"] > 0 for r in results], axis=0) for s, results in runs.items()}
+    right = {s: np.stack([r["eval_margins"] > 0 for r in results], axis=1) for s, results in runs.items()}
+    correct = {s: ranked.mean(axis=1) for s, ranked in right.items()}
     for strategy, results in runs.items():
         entry = {name: _seed_interval([r["eval"][name]["value"] for r in results]) for name in METRICS}
         entry["length_baseline_accuracy"] = results[0]["eval"].get("length_baseline_accuracy", {}).get("value")
         if "val" in results[0]:
             entry["val_accuracy"] = _seed_interval([r["val"]["accuracy"]["value"] for r in results])
+        entry["allocation"] = allocation_by_round(results)
         if strategy != config.baseline:
             difference = correct[strategy] - correct[config.baseline]
             interval = metrics.bootstrap_ci(np.mean, difference, n_resamples=config.n_resamples, seed=config.seed)
             ours = [r["eval"]["accuracy"]["value"] for r in results]
             theirs = [r["eval"]["accuracy"]["value"] for r in runs[config.baseline]]
             entry["vs_baseline"] = {"accuracy_difference": interval.as_dict(),
+                                    "accuracy_difference_over_seeds": metrics.paired_seed_bootstrap(
+                                        right[strategy], right[config.baseline], n_resamples=config.n_resamples,
+                                        seed=config.seed),
                                     "seeds_won": float(np.mean(np.array(ours) > np.array(theirs))),
                                     "seeds_tied": float(np.mean(np.array(ours) == np.array(theirs)))}
         summary["strategies"][strategy] = entry
     return summary
+
+
+ALLOCATION_KEYS = ("effective_sample_size", "lowest_decile_budget_share", "lowest_signed_decile_budget_share",
+                   "margin_std", "mis_ranked")
+
+
+def allocation_by_round(results: list[dict]) -> dict:
+    """How concentrated each round's allocation was, averaged over seeds: {key: [value per round]}."""
+    rounds = [r.get("rounds_log") or [] for r in results]
+    if not rounds or not all(rounds):
+        return {}
+    table = {}
+    for key in ALLOCATION_KEYS:
+        values = [[record.get(key) for record in run] for run in rounds]
+        if all(v is not None for row in values for v in row) and len({len(row) for row in values}) == 1:
+            table[key] = [float(v) for v in np.mean(np.array(values, dtype=np.float64), axis=0)]
+    return table
 
 
 def format_summary(summary: dict) -> str:

@@ -25,17 +25,13 @@ import numpy as np
 import torch
 
 from marsrm import allocate as alloc
-from marsrm import metrics
+from marsrm import metrics, record
 from marsrm.config import ConfigError, setting, to_yaml
 from marsrm.io import (MetricsLog, atomic_write, atomic_write_dir, atomic_write_json, atomic_write_text, read_jsonl,
                        remove_temporaries)
 from marsrm.pipeline import (TrainConfig, build_model, evaluate_scores, flat_values, load_split, make_learner,
                              prepare_run_dir)
 from marsrm.train import make_accelerator
-
-# Settings that may differ between a killed run and its resumption without changing the result.
-RESUME_FREE = {"resume", "overwrite", "progress", "output", "rounds", "pool_memory"}
-
 
 @dataclass
 class RunConfig(TrainConfig):
@@ -47,6 +43,9 @@ class RunConfig(TrainConfig):
     rounds: int = setting(5, "self-refinement rounds T")
     budget: int = setting(2000, "synthetic pairs sampled per round B")
     tau: float | None = setting(None, "temperature τ (mars default 0.1, mars-signed default 0.5)")
+    tau_scale: str = setting("raw", "what τ multiplies: raw margins (the paper's form; their scale depends on "
+                             "backbone, head and round) or std: margins in units of the round's margin standard "
+                             "deviation, so τ means the same concentration on every model", choices=list(alloc.TAU_SCALES))
     beta: float = setting(1.0, "adaboost: weight ∝ exp(−β·margin)")
     accumulate: bool = setting(False, "keep every round's synthetic sample instead of drawing afresh")
     pool_memory: str = setting("2GiB", "memory the pool may take loaded whole (e.g. 500MB, 2GiB); a pool estimated "
@@ -62,8 +61,11 @@ class RunConfig(TrainConfig):
             raise ConfigError(f"setting 'rounds': must be at least 1 (got {self.rounds})")
         if self.budget < 0:
             raise ConfigError(f"setting 'budget': must be ≥ 0 (got {self.budget})")
-        if self.tau is not None and self.tau < 0:
-            raise ConfigError(f"setting 'tau': must be ≥ 0 (got {self.tau})")
+        if self.tau is not None and not (np.isfinite(self.tau) and self.tau >= 0):
+            raise ConfigError(f"setting 'tau': must be a finite number ≥ 0 (got {self.tau})")
+        if self.tau_scale not in alloc.TAU_SCALES:
+            raise ConfigError(f"setting 'tau_scale': choose one of {', '.join(alloc.TAU_SCALES)} "
+                              f"(got {self.tau_scale!r})")
         if self.beta < 0:
             raise ConfigError(f"setting 'beta': must be ≥ 0 (got {self.beta})")
         if self.strategy not in alloc.STRATEGIES:
@@ -80,6 +82,8 @@ class RunConfig(TrainConfig):
         settings = {}
         if "tau" in defaults and self.tau is not None:
             settings["tau"] = self.tau
+        if "tau_scale" in defaults:
+            settings["tau_scale"] = self.tau_scale
         if "beta" in defaults:
             settings["beta"] = self.beta
         return settings
@@ -117,8 +121,8 @@ def strategy_needs_pool(config: RunConfig) -> bool:
 
 
 def config_fingerprint(config: RunConfig) -> dict:
-    """The settings that determine a run's result (everything a resume must not change)."""
-    return {k: v for k, v in dataclasses.asdict(config).items() if k not in RESUME_FREE}
+    """fingerprint.json's payload: the canonical settings that determine the run's result (`marsrm.record`)."""
+    return record.fingerprint_file_payload(config)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -373,6 +377,7 @@ def run(config: RunConfig, echo=print, pool=None) -> dict:
                   **margin_statistics(margins), "allocation_entropy": alloc.allocation_entropy(counts),
                   "effective_sample_size": alloc.effective_sample_size(counts),
                   "lowest_decile_budget_share": alloc.lowest_margin_decile_share(margins, counts),
+                  "lowest_signed_decile_budget_share": alloc.lowest_margin_decile_share(margins, counts, signed=True),
                   "synthetic_pairs": len(accumulated), "pseudo_label_swaps": swapped, **curvature,
                   "allocation_seconds": allocation_seconds, "curvature_seconds": curvature_seconds,
                   "train_seconds": trained["seconds"], "train_pairs_per_s": trained["pairs_per_s"], "step": step}
@@ -451,14 +456,12 @@ def _resume_point(config: RunConfig, run_dir: Path) -> tuple[int, int]:
     """(the first round still to run, optimizer steps taken before it); refuses a directory made with different
     settings. A round is done when its checkpoint exists (written last); whatever a killed process left of later
     rounds or of the final evaluation is removed, so the resumed run writes the files an uninterrupted one would."""
-    fingerprint_file = run_dir / "fingerprint.json"
-    if not fingerprint_file.exists():
+    saved = record.read_fingerprint(run_dir, type(config))
+    if saved is None:
         raise ConfigError(f"setting 'resume': {run_dir} holds no run to resume (no fingerprint.json)")
-    saved = json.loads(fingerprint_file.read_text())
-    current = json.loads(json.dumps(config_fingerprint(config)))
-    changed = sorted(k for k in set(saved) | set(current) if saved.get(k) != current.get(k))
+    changed = record.differences(saved, config, ignore=record.RESUME_FREE)
     if changed:
-        details = ", ".join(f"{k}: {saved.get(k)!r} → {current.get(k)!r}" for k in changed[:5])
+        details = ", ".join(changed[:5])
         raise ConfigError(f"setting 'resume': {run_dir} was made with other settings ({details}); resume with "
                           "the same settings or start a new --output")
     done = 0

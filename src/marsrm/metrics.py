@@ -34,6 +34,7 @@ __all__ = [
     "margin_snr",
     "mean_margin",
     "paired_bootstrap",
+    "paired_seed_bootstrap",
     "pairwise_accuracy",
     "rewardbench_sections",
     "roc_auc",
@@ -408,6 +409,39 @@ def paired_bootstrap(
         share_a_better=float(np.mean(differences > 0)),
         n=int(margins_a.size),
     )
+
+
+def paired_seed_bootstrap(correct_a, correct_b, n_resamples: int = 1000, seed: int = 0,
+                          level: float = 0.95) -> dict:
+    """Accuracy difference of two strategies over held-out pairs AND seeds, with a two-level paired interval.
+
+    correct_a, correct_b: shape (n_pairs, n_seeds), 1 where seed k's model ranks pair i right; column k of both
+    comes from the same training seed. Each resample redraws the pairs (the same rows for both) and the seeds
+    (the same columns for both), so the interval counts the spread between seeds as well as between pairs.
+    Returns {"value", "low", "high", "se", "mde80", "n_pairs", "n_seeds"}: se is the replicates' standard
+    deviation; mde80 = (z_0.975 + z_0.8)·se ≈ 2.80·se, the smallest true difference this design detects with 80%
+    power at the 5% level (a normal approximation).
+    """
+    a, b = np.asarray(correct_a, dtype=np.float64), np.asarray(correct_b, dtype=np.float64)
+    if a.ndim != 2 or a.shape != b.shape or 0 in a.shape:
+        raise ValueError(f"correct_a and correct_b must be (pairs, seeds) arrays of one shape; got {a.shape}, "
+                         f"{b.shape}")
+    if n_resamples < 1:
+        raise ValueError(f"n_resamples: expected a positive integer, got {n_resamples}")
+    difference = a - b
+    n, k = difference.shape
+    pair_rng, seed_rng = np.random.default_rng(seed), np.random.default_rng([seed, 1])
+    replicates = np.empty(n_resamples)
+    for start in range(0, n_resamples, 256):
+        size = min(256, n_resamples - start)
+        counts = np.stack([np.bincount(pair_rng.integers(0, n, n), minlength=n) for _ in range(size)])
+        per_seed = counts @ difference / n  # (size, k): each resample's mean difference for every seed
+        columns = seed_rng.integers(0, k, (size, k)) if k > 1 else np.zeros((size, 1), dtype=np.int64)
+        replicates[start:start + size] = np.take_along_axis(per_seed, columns, axis=1).mean(axis=1)
+    low, high = percentiles(replicates, level)
+    se = float(replicates.std(ddof=1)) if n_resamples > 1 else 0.0
+    return {"value": float(difference.mean()), "low": low, "high": high, "se": se, "mde80": 2.8016 * se,
+            "n_pairs": int(n), "n_seeds": int(k)}
 
 
 # ---------------------------------------------------------------------------------------------------------

@@ -186,6 +186,6 @@ def write_report(config, summary: dict) -> Path:
         lines += ["", "![bon/bon.png](bon/bon.png)"]
     lines += ["", "## Runs", "", "Each run directory holds config.yaml, metrics.jsonl (one line per round), "
               "rounds/round-T.npz (margins, budgets, sampled variants), checkpoints/, model/ and results.json.", ""]
-    lines += [f"- `{Path(r['run_dir']).relative_to(out)}`" for results in runs.values() for r in results]
+    lines += [f"- `{r['run_dir']}`" for results in runs.values() for r in results]
     lines += ["", "```", format_summary(summary), "```", ""]
     return atomic_write_text(out / "report.md", "\n".join(lines))

@@ -1,0 +1,163 @@
+"""What determines a run's result (its fingerprint), and the small outputs of finished runs kept in `results/`.
+
+A fingerprint is a canonical, flat form of the settings a run's numbers depend on: one entry per setting under
+its own name (whatever class or section declares it), with values resolved (`epochs: null` → the mode's
+default, `tau: null` → the strategy's) and settings the run never uses left out (τ for `uniform`, the pool for
+`none`, LoRA in head mode). So the settings classes may be reorganised, a setting may be added with a default
+that keeps the old behaviour, and two commands that mean the same run (`uniform` with and without `--tau 2`)
+get the same fingerprint.
+
+`record_run` copies a finished run's small outputs (config, results, metrics, per-pair margins and ids, the
+per-round allocations; never weights) into a results directory, written whole or not at all, so a comparison
+can be committed run by run and continued on another machine.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import shutil
+from pathlib import Path
+
+from marsrm.io import atomic_write_dir
+
+FINGERPRINT_VERSION = 2
+
+# Settings that never change what a run computes: where it writes, how it reports progress, what it may load.
+BOOKKEEPING = {"resume", "overwrite", "progress", "output", "pool_memory", "trust_remote_code", "allow_pickle",
+               "workers", "record"}
+# Settings that, when continuing a killed run, may differ from the first attempt: more rounds extend it.
+RESUME_FREE = {"rounds"}
+HEAD_ONLY = {"pooling", "head_hidden", "embed_dtype"}
+FULL_ONLY = {"lora_r", "lora_alpha", "mixed_precision", "dropout"}
+# Old name -> current name, for settings renamed since a run was fingerprinted.
+RENAMED: dict[str, str] = {}
+
+RECORDED_FILES = ("config.yaml", "fingerprint.json", "results.json", "metrics.jsonl", "val_margins.npy",
+                  "val_ids.json", "eval_margins.npy", "eval_ids.json")
+RECORDED_DIRS = ("rounds",)
+
+
+def flat_settings(config) -> dict:
+    """Every setting of a (possibly nested) settings dataclass under its own leaf name."""
+    flat: dict = {}
+
+    def visit(values: dict) -> None:
+        for name, value in values.items():
+            if isinstance(value, dict) and dataclasses.is_dataclass(getattr(config, name, None)):
+                visit(value)
+            else:
+                if name in flat:
+                    raise ValueError(f"setting name '{name}' is declared twice; fingerprints need unique names")
+                flat[name] = value
+
+    visit(dataclasses.asdict(config))
+    return flat
+
+
+def pool_identity(pool: str | None) -> str | None:
+    """A short hash of how a pool was built (paraphraser, n, filter, …) and how many variants it holds."""
+    if not pool:
+        return None
+    manifest_file = Path(pool) / "manifest.json"
+    if not manifest_file.is_file():
+        return str(pool)  # not built yet: the run itself will refuse it
+    manifest = json.loads(manifest_file.read_text(encoding="utf-8"))
+    built = {k: manifest.get(k) for k in ("format", "n", "seed", "targets", "chunk_words", "fallback", "filter",
+                                          "paraphraser")}
+    built["variants"] = manifest.get("report", {}).get("variants")
+    return hashlib.sha256(json.dumps(built, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def fingerprint(config) -> dict:
+    """The canonical settings of a `RunConfig` (see the module docstring); JSON-ready, keys sorted."""
+    values = flat_settings(config)
+    strategy = config.strategy_record
+    optim = config.optim()
+    for name in ("epochs", "batch_size", "lr", "weight_decay", "warmup_ratio"):
+        values[name] = getattr(optim, name)
+    values["split_seed"] = config.data_seed
+    uses = strategy.defaults
+    if "tau" in uses:
+        values["tau"] = config.tau if config.tau is not None else uses["tau"]
+    drop = set(BOOKKEEPING)
+    drop |= {"tau", "tau_scale", "beta"} - set(uses)
+    if not (strategy.augments and config.budget > 0):
+        drop |= {"pool", "budget", "accumulate"}
+    drop |= FULL_ONLY if config.mode == "head" else HEAD_ONLY
+    values = {k: v for k, v in values.items() if k not in drop}
+    if "pool" in values:
+        values["pool"] = pool_identity(values["pool"])
+    return json.loads(json.dumps(dict(sorted(values.items()))))
+
+
+def fingerprint_file_payload(config) -> dict:
+    return {"version": FINGERPRINT_VERSION, "settings": fingerprint(config)}
+
+
+def saved_fingerprint(payload: dict, config_cls) -> dict:
+    """The canonical settings in a fingerprint.json, of this version or of the first (a flat dump of the run's
+    settings as they were given, which is canonicalised here the same way)."""
+    if payload.get("version") == FINGERPRINT_VERSION:
+        return payload["settings"]
+    from marsrm.config import from_mapping
+
+    names = {f.name for f in dataclasses.fields(config_cls)}
+    given = {RENAMED.get(k, k): v for k, v in payload.items()}
+    known = {k: v for k, v in given.items() if k in names}
+    # The first version kept the pool's path: it is rebuilt into the same identity when it still exists.
+    return fingerprint(from_mapping(config_cls, known, origin="fingerprint.json"))
+
+
+def differences(saved: dict, config, ignore=()) -> list[str]:
+    """The settings whose value differs between a saved fingerprint and `config`, as 'name: old → new'.
+
+    A setting missing from the saved fingerprint (added since) counts as the same when `config` leaves it at
+    its default; one missing from `config` (retired since) is not compared.
+    """
+    current = fingerprint(config)
+    defaults = {f.name: (f.default if f.default is not dataclasses.MISSING else f.default_factory())
+                for f in dataclasses.fields(config)}
+    raw = flat_settings(config)
+    changed = []
+    for name in sorted(set(saved) | set(current)):
+        if name in ignore:
+            continue
+        if name not in current:
+            continue
+        if name not in saved:
+            if name in raw and raw[name] == defaults.get(name):
+                continue
+            changed.append(f"{name}: (not set) → {current[name]!r}")
+        elif saved[name] != current[name]:
+            changed.append(f"{name}: {saved[name]!r} → {current[name]!r}")
+    return changed
+
+
+def read_fingerprint(run_dir: Path, config_cls) -> dict | None:
+    path = Path(run_dir) / "fingerprint.json"
+    if not path.is_file():
+        return None
+    return saved_fingerprint(json.loads(path.read_text(encoding="utf-8")), config_cls)
+
+
+def is_recorded(record_dir: Path) -> bool:
+    """True when `record_dir` holds a whole recorded run (results.json is written last, inside the rename)."""
+    return (Path(record_dir) / "results.json").is_file()
+
+
+def record_run(run_dir: Path, record_dir: Path) -> Path:
+    """Copy a finished run's small outputs into `record_dir`, replacing it whole (never weights)."""
+    run_dir = Path(run_dir)
+    if not (run_dir / "results.json").is_file():
+        raise FileNotFoundError(f"{run_dir}: not a finished run (no results.json)")
+
+    def copy(tmp: Path) -> None:
+        for name in RECORDED_FILES:
+            if (run_dir / name).is_file():
+                shutil.copy2(run_dir / name, tmp / name)
+        for name in RECORDED_DIRS:
+            if (run_dir / name).is_dir():
+                shutil.copytree(run_dir / name, tmp / name)
+
+    return atomic_write_dir(record_dir, copy)
