@@ -74,10 +74,15 @@ def test_rounds_spend_the_budget_and_log_everything(tmp_path, data_path, hh_pool
         for key in ("margin_mean", "mis_ranked", "allocation_entropy", "effective_sample_size",
                     "lowest_decile_budget_share", "mean_sigmoid_prime", "hessian_condition_number",
                     "hessian_largest_eigenvalue", "hessian_smallest_nonzero_eigenvalue", "hessian_trace",
-                    "val_accuracy", "eval_accuracy"):
+                    "val_accuracy", "eval_accuracy", "lowest_signed_decile_budget_share", "base_loss", "val_loss",
+                    "eval_loss"):
             assert key in record, key
         assert record["synthetic_pairs"] == 120
         assert 0 < record["mean_sigmoid_prime"] <= 0.25
+    # The loss on the base pairs after round t is the loss at the margins round t + 1 allocates with.
+    for before, after in zip(rounds, rounds[1:]):
+        margins = np.load(run_dir / "rounds" / f"round-{after['round']}.npz")["margins"]
+        assert before["base_loss"] == pytest.approx(float(np.mean(np.logaddexp(0, -margins))), rel=1e-9)
     saved = np.load(run_dir / "rounds" / "round-2.npz")
     assert saved["counts"].sum() == 120 and len(saved["pair_index"]) == 120
     # mars: budget never increases with |margin| (beyond one unit of rounding)
@@ -172,5 +177,24 @@ def test_existing_run_is_not_overwritten_and_resume_checks_settings(tmp_path, da
     assert (tmp_path / "run" / "keep.txt").read_text() == "mine"
     first = config(tmp_path, data=data_path, output=str(tmp_path / "r2"), rounds=1, strategy="none")
     run(first, echo=lambda *_: None)
-    with pytest.raises(ConfigError, match="budget"):
-        run(dataclasses.replace(first, budget=7, resume=True), echo=lambda *_: None)
+    with pytest.raises(ConfigError, match="lr: 0.01 → 0.5"):
+        run(dataclasses.replace(first, lr=0.5, resume=True), echo=lambda *_: None)
+    # A setting the run never uses (no augmentation: no budget) is not a different run.
+    run(dataclasses.replace(first, budget=7, resume=True), echo=lambda *_: None)
+
+
+def test_base_epochs_train_on_the_base_pairs_before_the_first_margins(tmp_path, data_path, hh_pool):
+    cold = config(tmp_path, data=data_path, output=str(tmp_path / "cold"), rounds=1, strategy="mars-signed",
+                  tau=0.5, val_size=0)
+    warm = dataclasses.replace(cold, output=str(tmp_path / "warm"), base_epochs=2.0)
+    run(cold, echo=lambda *_: None, pool=hh_pool)
+    run(warm, echo=lambda *_: None, pool=hh_pool)
+    cold_margins = np.load(tmp_path / "cold" / "rounds" / "round-1.npz")["margins"]
+    warm_margins = np.load(tmp_path / "warm" / "rounds" / "round-1.npz")["margins"]
+    # A zero-initialised head has no opinion; two epochs on the base pairs rank most of them right.
+    assert np.all(cold_margins == 0) or np.abs(cold_margins).mean() < np.abs(warm_margins).mean()
+    assert np.mean(warm_margins > 0) > 0.6
+    steps = lambda name: read_rounds(tmp_path / name)[0]["step"]  # noqa: E731
+    assert steps("warm") > steps("cold")
+    with pytest.raises(ConfigError, match="base_epochs"):
+        run(dataclasses.replace(cold, base_epochs=float("nan")), echo=lambda *_: None, pool=hh_pool)

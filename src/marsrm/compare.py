@@ -19,9 +19,9 @@ import numpy as np
 from marsrm import allocate as alloc
 from marsrm import metrics, record
 from marsrm.config import ConfigError, setting, to_yaml
-from marsrm.io import atomic_write_json, atomic_write_text
+from marsrm.io import atomic_write_json, atomic_write_text, run_directory
 from marsrm.loop import RunConfig, open_base_pool, run
-from marsrm.pipeline import load_split, prepare_run_dir
+from marsrm.pipeline import load_split
 
 METRICS = ("accuracy", "auc", "mean_margin", "margin_snr", "ece")
 
@@ -124,9 +124,15 @@ def compare(config: CompareConfig, echo=print, pool=None) -> dict:
     pool: an in-memory variants source instead of `config.pool` (runs then stay in this process).
     """
     config.validate()
+    # Built in place (its files name their directory: the runs' config.yaml, the report), an old comparison set
+    # aside until the new one is complete.
+    with run_directory(config.output, overwrite=config.overwrite, resume=config.resume, stage=False):
+        return _compare(config, echo, pool)
+
+
+def _compare(config: CompareConfig, echo, pool) -> dict:
+    """`compare` inside its locked output directory."""
     out = Path(config.output)
-    if not config.resume:
-        prepare_run_dir(out, config.overwrite)
     atomic_write_text(out / "config.yaml", to_yaml(config))
     jobs = [config.run_config(s, config.seed + k) for s in config.strategies for k in range(config.seeds)]
 

@@ -6,6 +6,8 @@ the SHA-256 of its exact model input. Vectors are stored in shards: `shard-<id>.
 memory-mapped when read) and `shard-<id>.keys.npy` (the n text hashes). The keys file is renamed into
 place last, so a shard is visible only once complete; two processes filling the same cache write
 different shards, and a text both computed is simply stored twice with the same vector.
+Only finite vectors are stored (`put` refuses others), and a stored vector that reads back non-finite (a shard
+written by an older version, or damaged on disk) is never served: its shard is retired and the text recomputed.
 """
 from __future__ import annotations
 
@@ -84,6 +86,7 @@ class EmbeddingCache:
             atomic_write_json(self.directory / "key.json", description)
         self._index: dict[bytes, tuple[int, int]] = {}
         self._shards: list[np.ndarray] = []
+        self._names: list[str] = []
         self._seen: set[str] = set()
 
     def refresh(self) -> None:
@@ -92,10 +95,14 @@ class EmbeddingCache:
             name = keys_path.name[: -len(".keys.npy")]
             if name in self._seen:
                 continue
-            keys = np.load(keys_path)
-            vectors = np.load(self.directory / f"{name}.npy", mmap_mode="r")
+            try:
+                keys = np.load(keys_path)
+                vectors = np.load(self.directory / f"{name}.npy", mmap_mode="r")
+            except FileNotFoundError:  # retired by another process since the listing
+                continue
             shard = len(self._shards)
             self._shards.append(vectors)
+            self._names.append(name)
             self._seen.add(name)
             for row, key in enumerate(keys):
                 self._index.setdefault(key.tobytes(), (shard, row))
@@ -109,16 +116,34 @@ class EmbeddingCache:
         found = np.array([k in self._index for k in keys], dtype=bool)
         return found, [i for i, ok in enumerate(found) if not ok]
 
+    def retire(self, keys: list[bytes]) -> None:
+        """Delete every shard that serves one of `keys` (keys file first: that hides a shard from every reader)
+        and index the rest again, so those keys read from another shard or are missing."""
+        for name in sorted({self._names[self._index[k][0]] for k in keys if k in self._index}):
+            for suffix in (".keys.npy", ".npy"):
+                (self.directory / f"{name}{suffix}").unlink(missing_ok=True)
+        self._index, self._shards, self._names, self._seen = {}, [], [], set()
+        self.refresh()
+
     def get(self, keys: list[bytes]) -> np.ndarray:
         rows = [self._shards[s][r] for s, r in (self._index[k] for k in keys)]
         return np.stack(rows).astype(np.float32, copy=False) if rows else np.zeros((0, 0), np.float32)
 
     def put(self, keys: list[bytes], vectors: np.ndarray) -> None:
+        """Store `vectors` (len(keys), d) under `keys` as one new shard; ValueError (nothing written) if any value is
+        not finite: every later run on those texts would read it back."""
         if len(keys) == 0:
             return
+        vectors = np.asarray(vectors, np.float32)
+        if vectors.ndim != 2 or vectors.shape[0] != len(keys):
+            raise ValueError(f"embedding cache: {vectors.shape} vectors for {len(keys)} keys")
+        bad = int((~np.isfinite(vectors).all(axis=1)).sum())
+        if bad:
+            raise ValueError(f"embedding cache {self.directory}: {bad} of {len(keys)} vectors are not finite (NaN or "
+                             "inf); nothing stored")
         name = f"shard-{uuid.uuid4().hex}"
         # Vectors first, keys last: the keys file is what makes a shard visible to readers.
-        atomic_write(self.directory / f"{name}.npy", lambda tmp: _save_npy(tmp, np.asarray(vectors, np.float32)))
+        atomic_write(self.directory / f"{name}.npy", lambda tmp: _save_npy(tmp, vectors))
         atomic_write(self.directory / f"{name}.keys.npy", lambda tmp: _save_npy(tmp, _keys_array(keys)))
 
 
@@ -190,16 +215,23 @@ class Encoder:
             vectors = self.encode([unique[k] for k in new_keys], batch_size=batch_size, progress=progress)
             self.cache.put(new_keys, vectors)
             self.cache.refresh()
-        return self.cache.get(keys)
+        vectors = self.cache.get(keys)
+        finite = np.isfinite(vectors).all(axis=1)
+        if not finite.all():  # stored before `put` refused such vectors, or damaged: recomputed, never served
+            self.cache.retire([k for k, ok in zip(keys, finite) if not ok])
+            return self.embed(texts, batch_size=batch_size, progress=progress)
+        return vectors
 
     @torch.inference_mode()
     def encode(self, texts: list[str], *, batch_size: int = 64, progress: bool = False) -> np.ndarray:
         """Run the backbone on `texts` (no cache): length-sorted batches, dynamic padding, bf16 where native."""
+        if batch_size < 1:
+            raise ValueError(f"batch_size {batch_size}: must be at least 1")
         if not texts:
             return np.zeros((0, self.dim), np.float32)
         encoded = self.tokenizer(texts, truncation=True, max_length=self.max_length)["input_ids"]
         order = np.argsort([len(ids) for ids in encoded], kind="stable")
-        out = np.empty((len(texts), self.dim), dtype=np.float32)
+        out = np.full((len(texts), self.dim), np.nan, dtype=np.float32)  # a row left unwritten cannot pass as a vector
         autocast = (torch.autocast(self.device.type, dtype=torch.bfloat16) if self.dtype == "bf16" else nullcontext())
         bar = tqdm(total=len(texts), desc="embedding", unit="text", disable=not progress, dynamic_ncols=True)
         for start in range(0, len(texts), batch_size):

@@ -1,11 +1,17 @@
-"""Small file helpers every stage shares: atomic writes and the run directory's metrics log."""
+"""Small file helpers every stage shares: atomic writes, the run directory's lock and swap, its metrics log."""
 from __future__ import annotations
 
+import contextlib
+import glob
 import json
 import os
 import shutil
+import socket
 import tempfile
+import time
 from pathlib import Path
+
+from marsrm.config import ConfigError
 
 
 def _umask() -> int:
@@ -69,6 +75,135 @@ def remove_temporaries(directory: str | os.PathLike) -> int:
             path.unlink(missing_ok=True)
         removed += 1
     return removed
+
+
+# Names beside a run directory `<parent>/<name>`, all hidden and starting ".<name>.": the lock and its holder; a new
+# run being built; an old run being replaced by a complete new one; an old run set aside while a new one is built
+# in its place.
+_LOCK, _HOLDER, _STAGING, _REPLACED, _PREVIOUS = ".lock", ".lock.json", ".staging-", ".replaced-", ".previous-"
+
+
+@contextlib.contextmanager
+def run_directory(path: str | os.PathLike, *, overwrite: bool = False, resume: bool = False, stage: bool = True):
+    """Hold the lock of run directory `path` and yield the directory to write the run into.
+
+    resume: `path` itself, continued in place. A new or empty `path` is made and yielded; a run that stops there
+    keeps what it wrote (`marsrm run --resume` continues it). A `path` that holds anything is refused (one-line
+    ConfigError) unless `overwrite`, and then the old run stays whole until the block ends without an exception:
+    stage=True builds the new run in `<parent>/.<name>.staging-<random>` (yielded), then swaps it in (old renamed
+    aside, new renamed in, old deleted); stage=False, for a command whose files name their own directory, yields
+    `path` with the old run set aside as `.<name>.previous-<random>`, deleted at the end or put back on an
+    exception. An overwrite that raises leaves `path` as it was.
+    A process killed part-way leaves the old run whole; the next `run_directory` on `path` puts back or finishes
+    what it left and deletes its staging directory (`_recover`), so nothing blocks the next try.
+    The lock `<parent>/.<name>.lock` (holder's pid, host and start in `.<name>.lock.json`) is held for the whole
+    block: another process asking for `path` meanwhile gets a ConfigError naming the holder.
+    In a multi-process launch the main process alone writes the run: a process of rank > 0 gets `path` unlocked
+    when resuming (to read checkpoints), else a scratch directory deleted afterwards.
+    """
+    path = Path(path)
+    full = Path(os.path.abspath(path))
+    parent, name = full.parent, full.name
+    rank = int(os.environ.get("RANK") or 0)
+    if rank > 0:
+        if resume:
+            yield path
+        else:
+            with tempfile.TemporaryDirectory(prefix=f"marsrm-rank-{rank}-") as scratch:
+                yield Path(scratch)
+        return
+    parent.mkdir(parents=True, exist_ok=True)
+    with _run_lock(parent, name, path):
+        _recover(parent, name)
+        if full.exists() and not full.is_dir():
+            raise ConfigError(f"setting 'output': {path} is a file, not a run directory; choose another --output")
+        if resume or not full.exists() or not any(full.iterdir()):
+            if not resume:
+                full.mkdir(exist_ok=True)
+            yield path
+            return
+        if not overwrite:
+            raise ConfigError(f"setting 'output': {path} already holds a run; pass --overwrite to replace it or "
+                              "choose another --output")
+        token = os.urandom(4).hex()
+        if stage:
+            staging = parent / f".{name}{_STAGING}{token}"
+            staging.mkdir()
+            try:
+                yield staging
+            except BaseException:
+                shutil.rmtree(staging, ignore_errors=True)
+                raise
+            replaced = parent / f".{name}{_REPLACED}{token}"
+            if full.exists():
+                os.replace(full, replaced)
+            os.replace(staging, full)
+            shutil.rmtree(replaced, ignore_errors=True)
+        else:
+            previous = parent / f".{name}{_PREVIOUS}{token}"
+            os.replace(full, previous)
+            try:
+                full.mkdir()
+                yield path
+            except BaseException:
+                shutil.rmtree(full, ignore_errors=True)
+                os.replace(previous, full)
+                raise
+            shutil.rmtree(previous, ignore_errors=True)
+
+
+def _recover(parent: Path, name: str) -> None:
+    """Put back or finish what a killed `run_directory` left beside `<parent>/<name>`; only under its lock."""
+    full, pattern = parent / name, f".{glob.escape(name)}"
+    staging = sorted(p for p in parent.glob(f"{pattern}{_STAGING}*") if p.is_dir())
+    for replaced in sorted(parent.glob(f"{pattern}{_REPLACED}*")):  # killed within a swap: the new run is complete
+        if not full.exists():
+            os.replace(staging.pop() if staging else replaced, full)
+        shutil.rmtree(replaced, ignore_errors=True)
+    for previous in sorted(parent.glob(f"{pattern}{_PREVIOUS}*")):  # killed while building in place: not complete
+        if full.exists():
+            shutil.rmtree(full)
+        os.replace(previous, full)
+    for leftover in staging:  # killed while building beside it
+        shutil.rmtree(leftover, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def _run_lock(parent: Path, name: str, shown: Path):
+    """Hold `<parent>/.<name>.lock`, its holder written beside it; a ConfigError naming the holder when taken."""
+    from filelock import FileLock, Timeout
+
+    lock_path, holder_path = parent / f".{name}{_LOCK}", parent / f".{name}{_HOLDER}"
+    while True:
+        lock = FileLock(str(lock_path), timeout=0)
+        try:
+            lock.acquire()
+        except Timeout:
+            raise ConfigError(f"setting 'output': {shown} is being written by {_holder(holder_path)}; wait for it "
+                              "or choose another --output") from None
+        # A holder deletes the lock file as it lets go (so none is left behind); a file opened just before that is
+        # locked by nobody else, so the lock counts only on the file that the name still points to.
+        fd = getattr(getattr(lock, "_context", None), "lock_file_fd", None)
+        with contextlib.suppress(FileNotFoundError):
+            if fd is None or os.path.samestat(os.fstat(fd), os.stat(lock_path)):
+                break
+        lock.release()
+    try:
+        atomic_write_json(holder_path, {"pid": os.getpid(), "host": socket.gethostname(),
+                                        "since": time.strftime("%Y-%m-%d %H:%M:%S %z")})
+        yield
+    finally:
+        holder_path.unlink(missing_ok=True)
+        lock_path.unlink(missing_ok=True)  # while still held: see above
+        lock.release()
+
+
+def _holder(holder_path: Path) -> str:
+    try:
+        holder = json.loads(holder_path.read_text(encoding="utf-8"))
+        return f"process {holder['pid']} on host {holder['host']} since {holder['since']}"
+    except (OSError, ValueError, KeyError, TypeError):  # taken a moment ago: its holder is not written yet
+        return "another process"
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> Path:

@@ -28,9 +28,8 @@ from marsrm import allocate as alloc
 from marsrm import metrics, record
 from marsrm.config import ConfigError, setting, to_yaml
 from marsrm.io import (MetricsLog, atomic_write, atomic_write_dir, atomic_write_json, atomic_write_text, read_jsonl,
-                       remove_temporaries)
-from marsrm.pipeline import (TrainConfig, build_model, evaluate_scores, flat_values, load_split, make_learner,
-                             prepare_run_dir)
+                       remove_temporaries, run_directory)
+from marsrm.pipeline import TrainConfig, build_model, evaluate_scores, flat_values, load_split, make_learner
 from marsrm.train import make_accelerator
 
 @dataclass
@@ -48,6 +47,8 @@ class RunConfig(TrainConfig):
                              "deviation, so τ means the same concentration on every model", choices=list(alloc.TAU_SCALES))
     beta: float = setting(1.0, "adaboost: weight ∝ exp(−β·margin)")
     accumulate: bool = setting(False, "keep every round's synthetic sample instead of drawing afresh")
+    base_epochs: float = setting(0.0, "epochs on the base pairs alone before round 1, so the first margins come from "
+                                 "a trained model instead of an untrained one")
     pool_memory: str = setting("2GiB", "memory the pool may take loaded whole (e.g. 500MB, 2GiB); a pool estimated "
                                "larger is read from disk as rounds sample it, with the same results")
     round_resamples: int = setting(200, "bootstrap resamples for the per-round intervals")
@@ -68,6 +69,8 @@ class RunConfig(TrainConfig):
                               f"(got {self.tau_scale!r})")
         if self.beta < 0:
             raise ConfigError(f"setting 'beta': must be ≥ 0 (got {self.beta})")
+        if not (np.isfinite(self.base_epochs) and self.base_epochs >= 0):
+            raise ConfigError(f"setting 'base_epochs': must be a finite number ≥ 0 (got {self.base_epochs})")
         if self.strategy not in alloc.STRATEGIES:
             raise ConfigError(f"setting 'strategy': unknown strategy '{self.strategy}' "
                               f"(known: {', '.join(alloc.STRATEGIES)})")
@@ -311,13 +314,18 @@ def run(config: RunConfig, echo=print, pool=None) -> dict:
     if strategy_needs_pool(config) and pool is None and not config.pool:
         raise ConfigError(f"setting 'pool': strategy '{config.strategy}' samples variants; build a pool with "
                           "`marsrm augment` and pass --pool DIR")
-    run_dir = Path(config.output)
+    # An overwritten run is replaced only once the new one has finished (`run_directory`).
+    with run_directory(config.output, overwrite=config.overwrite, resume=config.resume) as run_dir:
+        return _rounds(config, run_dir, echo, pool)
+
+
+def _rounds(config: RunConfig, run_dir: Path, echo, pool) -> dict:
+    """`run` inside its locked run directory `run_dir`: config, rounds (or the rest of them), final evaluation."""
     start_round, step = 1, 0
     if config.resume:
         start_round, step = _resume_point(config, run_dir)
         echo(f"resuming {run_dir} at round {start_round}")
     else:
-        prepare_run_dir(run_dir, config.overwrite)
         atomic_write_text(run_dir / "config.yaml", to_yaml(config))
         atomic_write_json(run_dir / "fingerprint.json", config_fingerprint(config))
 
@@ -335,15 +343,20 @@ def run(config: RunConfig, echo=print, pool=None) -> dict:
     accelerator = make_accelerator(config.mixed_precision if config.mode == "full" else "no")
     learner = make_learner(model, accelerator=accelerator, log=log, progress=config.progress)
     accumulated: list = []
+    carried = None  # the base margins after a round's training: the next round's step a
     if start_round > 1:
         learner.load_state(run_dir / "checkpoints" / f"round-{start_round - 1}")
         accumulated = _load_accumulated(run_dir, start_round - 1, pool) if config.accumulate else []
+    elif config.base_epochs > 0:  # round 0: the base pairs alone (rerun whole if killed before round 1 commits)
+        warm = dataclasses.replace(optim, epochs=config.base_epochs, seed=config.seed * 1000)
+        torch.manual_seed(warm.seed)
+        step += learner.fit(base, warm, desc="round 0 (base pairs)")["steps"]
 
     for round_ in range(start_round, config.rounds + 1):
         rng = np.random.default_rng([config.seed, round_])
         started = time.perf_counter()
 
-        margins = learner.margins(base)                                                    # a. margins
+        margins = learner.margins(base) if carried is None else carried                   # a. margins
         counts = alloc.allocate(config.strategy, margins, config.budget if strategy.augments else 0, rng,
                                 available=pool.sizes > 0 if strategy.augments else None, **settings)  # b, c
         ranked = variant_margins(learner, pool) if strategy.selects_by_variant_margin and counts.any() else None
@@ -382,9 +395,12 @@ def run(config: RunConfig, echo=print, pool=None) -> dict:
                   "allocation_seconds": allocation_seconds, "curvature_seconds": curvature_seconds,
                   "train_seconds": trained["seconds"], "train_pairs_per_s": trained["pairs_per_s"], "step": step}
         measured = time.perf_counter()
+        carried = learner.margins(base)
+        record["base_loss"] = metrics.bt_loss(carried)  # comparable between strategies, unlike the training loss
         for name, pairs in (("val", split.val), ("eval", split.eval)):
             if pairs:
                 chosen, rejected = learner.scores(pairs)
+                record[f"{name}_loss"] = metrics.bt_loss(chosen - rejected)
                 scored = evaluate_scores(pairs, chosen, rejected, n_resamples=config.round_resamples,
                                          seed=config.seed)
                 record.update({f"{name}_{k}": v for k, v in flat_values(scored).items()})
@@ -422,7 +438,8 @@ def _curvature(learner, base_margins, base, synthetic) -> dict:
 
 def _round_line(record: dict) -> str:
     parts = [f"round {record['round']}", f"mis-ranked {record['mis_ranked']:.3f}",
-             f"entropy {record['allocation_entropy']:.2f}", f"mean σ' {record['mean_sigmoid_prime']:.4f}"]
+             f"entropy {record['allocation_entropy']:.2f}", f"ESS {record['effective_sample_size']:.0f}",
+             f"mean σ' {record['mean_sigmoid_prime']:.4f}"]
     for name in ("val_accuracy", "eval_accuracy"):
         if name in record:
             parts.append(f"{name.replace('_', ' ')} {record[name]:.4f}")

@@ -35,6 +35,7 @@ __all__ = [
     "mean_margin",
     "paired_bootstrap",
     "paired_seed_bootstrap",
+    "bt_loss",
     "pairwise_accuracy",
     "rewardbench_sections",
     "roc_auc",
@@ -130,6 +131,12 @@ def roc_auc(chosen, rejected) -> float:
     rank_sum_pos = average_rank[tie_group[:n_pos]].sum()
     u_statistic = rank_sum_pos - n_pos * (n_pos + 1) / 2.0
     return float(u_statistic / (n_pos * n_neg))
+
+
+def bt_loss(margins) -> float:
+    """Mean Bradley–Terry loss −log σ(Δ) over pairs (softplus(−Δ), stable for large |Δ|)."""
+    m = _as_scores(margins, "margins")
+    return float(np.mean(np.logaddexp(0.0, -m)))
 
 
 def mean_margin(margins) -> float:

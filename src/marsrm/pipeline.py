@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,7 +15,7 @@ import numpy as np
 from marsrm import data as data_mod
 from marsrm import metrics
 from marsrm.config import ConfigError, setting, to_yaml
-from marsrm.io import MetricsLog, atomic_write_json, atomic_write_text
+from marsrm.io import MetricsLog, atomic_write_json, atomic_write_text, run_directory
 from marsrm.model import (DEFAULT_BACKBONE, FullRewardModel, HeadRewardModel, ModelSpec, ScalarHead,
                           count_truncation, format_texts, new_full_model, resolve_backbone)
 from marsrm.train import HeadExamples, OptimSettings, TokenExamples, make_accelerator, train_epochs
@@ -163,22 +162,15 @@ class EvalConfig(DataSettings):
     trust_remote_code: bool = setting(False, "allow a model's own Python code to run")
     batch_size: int = setting(64, "texts per scoring batch")
 
+    def validate(self) -> None:
+        for name in ("batch_size", "n_resamples"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"setting '{name}': must be at least 1 (got {getattr(self, name)})")
+
 
 # ---------------------------------------------------------------------------------------------
 # Steps
 # ---------------------------------------------------------------------------------------------
-
-def prepare_run_dir(path: str | os.PathLike, overwrite: bool) -> Path:
-    """An empty run directory; an existing non-empty one is kept unless `overwrite`."""
-    run_dir = Path(path)
-    if run_dir.exists() and any(run_dir.iterdir()):
-        if not overwrite:
-            raise ConfigError(f"setting 'output': {run_dir} already holds a run; pass --overwrite to replace it "
-                              "or choose another --output")
-        shutil.rmtree(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    return run_dir
-
 
 def load_split(config: DataSettings, echo=print) -> tuple[data_mod.Split, dict]:
     """Load the pairs, print the load report, and split them (seeded)."""
@@ -345,44 +337,48 @@ def truncation_report(model, pairs):
 
 
 def train(config: TrainConfig, echo=print) -> dict:
-    """Run `marsrm train`: returns the results dict also written to `<output>/results.json`."""
-    config.validate()
-    run_dir = prepare_run_dir(config.output, config.overwrite)
-    atomic_write_text(run_dir / "config.yaml", to_yaml(config))
-    split, reports = load_split(config, echo)
-    if not split.train:
-        raise ConfigError("setting 'train_size': no training pairs")
-    log = MetricsLog(run_dir)
-    started = time.perf_counter()
-    model = build_model(config)
-    truncation = truncation_report(model, split.train + split.val + split.eval)
-    echo(truncation.summary(config.max_length))
-    accelerator = make_accelerator(config.mixed_precision if config.mode == "full" else "no")
-    learner = make_learner(model, accelerator=accelerator, log=log, progress=config.progress)
-    summary = learner.fit(split.train, config.optim())
-    train_chosen, train_rejected = learner.scores(split.train)
-    rewards = np.concatenate([train_chosen, train_rejected])
-    model.spec.normalization = {"mean": float(rewards.mean()), "std": float(rewards.std())}
+    """Run `marsrm train`: returns the results dict also written to `<output>/results.json`.
 
-    results = {"mode": config.mode, "backbone": config.backbone, "train_pairs": len(split.train),
-               "train": summary, "truncation": dataclasses.asdict(truncation), "data": reports,
-               "train_accuracy": metrics.pairwise_accuracy(train_chosen - train_rejected)}
-    for name, pairs in (("val", split.val), ("eval", split.eval)):
-        if pairs:
-            results[name] = evaluate_model(model, pairs, n_resamples=config.n_resamples, seed=config.seed)
-            log.log({"event": name, **flat_values(results[name])}, step=summary["steps"])
-    if accelerator.is_main_process:
-        model.save(run_dir / "model")
-        results["seconds"] = time.perf_counter() - started
-        atomic_write_json(run_dir / "results.json", results)
-    log.close()
-    return results
+    An existing run in `output` (with `overwrite`) is replaced only once the new one is complete.
+    """
+    config.validate()
+    with run_directory(config.output, overwrite=config.overwrite) as run_dir:
+        atomic_write_text(run_dir / "config.yaml", to_yaml(config))
+        split, reports = load_split(config, echo)
+        if not split.train:
+            raise ConfigError("setting 'train_size': no training pairs")
+        log = MetricsLog(run_dir)
+        started = time.perf_counter()
+        model = build_model(config)
+        truncation = truncation_report(model, split.train + split.val + split.eval)
+        echo(truncation.summary(config.max_length))
+        accelerator = make_accelerator(config.mixed_precision if config.mode == "full" else "no")
+        learner = make_learner(model, accelerator=accelerator, log=log, progress=config.progress)
+        summary = learner.fit(split.train, config.optim())
+        train_chosen, train_rejected = learner.scores(split.train)
+        rewards = np.concatenate([train_chosen, train_rejected])
+        model.spec.normalization = {"mean": float(rewards.mean()), "std": float(rewards.std())}
+
+        results = {"mode": config.mode, "backbone": config.backbone, "train_pairs": len(split.train),
+                   "train": summary, "truncation": dataclasses.asdict(truncation), "data": reports,
+                   "train_accuracy": metrics.pairwise_accuracy(train_chosen - train_rejected)}
+        for name, pairs in (("val", split.val), ("eval", split.eval)):
+            if pairs:
+                results[name] = evaluate_model(model, pairs, n_resamples=config.n_resamples, seed=config.seed)
+                log.log({"event": name, **flat_values(results[name])}, step=summary["steps"])
+        if accelerator.is_main_process:
+            model.save(run_dir / "model")
+            results["seconds"] = time.perf_counter() - started
+            atomic_write_json(run_dir / "results.json", results)
+        log.close()
+        return results
 
 
 def evaluate(config: EvalConfig, echo=print) -> dict:
     """Run `marsrm eval`: score a saved model, print a table, write JSON."""
     from marsrm.model import load_reward_model
 
+    config.validate()
     model = load_reward_model(config.model, allow_pickle=config.allow_pickle,
                               trust_remote_code=config.trust_remote_code)
     loaded = data_mod.load_pairs(config.data, **config.load_kwargs())

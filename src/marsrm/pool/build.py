@@ -18,18 +18,20 @@ import dataclasses
 import hashlib
 import json
 import os
+import re
 import shutil
 import time
 from pathlib import Path
 
 import numpy as np
+import yaml
 from tqdm.auto import tqdm
 
 from marsrm.data import PreferencePair
 from marsrm.io import atomic_write_json, atomic_write_text
 from marsrm.pool.filter import FilterSettings, cheap_verdict, count_reasons, judge
-from marsrm.pool.paraphrase import (BuildStopped, Paraphraser, PoolError, join_segments, split_segments,
-                                    stable_hash, word_count)
+from marsrm.pool.paraphrase import (BuildStopped, Paraphraser, PoolError, Task, derive_seed, join_segments,
+                                    split_segments, stable_hash, word_count)
 from marsrm.pool.store import ParaphraseStore, entry_key
 
 FORMAT = "marsrm-pool/1"
@@ -239,6 +241,47 @@ def estimated_memory(directory: str | os.PathLike, manifest: dict) -> dict:
             "variants": variants}
 
 
+def is_pool_directory(directory: str | os.PathLike) -> bool:
+    """True for a directory a pool build wrote to: a finished one (its manifest) or a started one (the config.yaml
+    that `marsrm augment` writes before building, or the paraphrase cache)."""
+    directory = Path(directory)
+    try:
+        manifest = json.loads((directory / "manifest.json").read_text(encoding="utf-8"))
+        if isinstance(manifest, dict) and manifest.get("format") == FORMAT:
+            return True
+    except (OSError, ValueError):
+        pass
+    try:
+        config = yaml.safe_load((directory / "config.yaml").read_text(encoding="utf-8"))
+        if isinstance(config, dict) and "paraphraser" in config:
+            return True
+    except (OSError, yaml.YAMLError):
+        pass
+    return any((directory / "cache").glob("*/settings.json"))
+
+
+def check_pool_output(directory: str | os.PathLike) -> None:
+    """Refuse (PoolError naming it) to build into `directory` when it holds anything but a pool: a build writes
+    config.yaml, manifest.json and cache/ there and deletes older build folders. Missing, empty, or holding only
+    the `atomic_write` temporaries of a build just started by another process, it is accepted."""
+    directory = Path(directory)
+    if not directory.exists():
+        return
+    if not directory.is_dir():
+        raise PoolError(f"setting 'output': {directory} is a file, not a pool directory; choose another --output")
+    held = sorted(p.name for p in directory.iterdir() if not (p.name.startswith(".") and p.name.endswith(".tmp")))
+    if held and not is_pool_directory(directory):
+        shown = ", ".join(held[:3]) + (", …" if len(held) > 3 else "")
+        raise PoolError(f"setting 'output': {directory} holds files that are not a pool ({shown}); choose a new or "
+                        "empty --output, or the directory of an earlier `marsrm augment`")
+
+
+def _is_build_folder(path: Path) -> bool:
+    """A `pool-<build>` folder of part files, as step 4 of `build_pool` writes it (and nothing a user made)."""
+    return (path.is_dir() and re.fullmatch(r"pool-[0-9a-f]{12}", path.name) is not None
+            and all(re.fullmatch(r"\.?part-\d{5}\.jsonl(\..+\.tmp)?", p.name) for p in path.iterdir()))
+
+
 def open_pool(directory: str | os.PathLike) -> Pool:
     """Load the pool that `build_pool` (or `marsrm augment`) wrote to `directory`, every record in memory."""
     manifest = read_manifest(directory)
@@ -392,30 +435,36 @@ def build_pool(pairs, paraphraser: Paraphraser, directory: str | os.PathLike, n:
                 **(extra or {})}
     atomic_write_json(directory / "manifest.json", manifest)
     for old in directory.glob("pool-*"):
-        if old.is_dir() and old.name != folder:
+        if old.name != folder and _is_build_folder(old):
             shutil.rmtree(old, ignore_errors=True)
     echo(filter_summary(report))
     return open_pool(directory)
 
 
 def _paraphrase_missing(paraphraser, store, work, n, seed, flush_every, progress) -> None:
-    """Paraphrase `work` [(key, chunk)], saving a cache shard every `flush_every` chunks and, when the backend
-    fails for good, the finished part of the current batch before the error propagates."""
+    """Paraphrase `work` [(key, chunk)], saving a cache shard every `flush_every` chunks and, when the build stops
+    (the backend fails for good, or Ctrl-C), what finished of the current batch before the error propagates.
+
+    A backend whose every output is a request of its own (`separate_requests`: each may be paid for) and is batch
+    invariant keeps every finished output, also of a text whose other outputs are not done: stored alone
+    (`_output_key`), it is not requested again.
+    """
     if not work:
         return
+    per_output = getattr(paraphraser, "separate_requests", False) and paraphraser.batch_invariant
     bar = tqdm(total=sum(word_count(c) for _, c in work), unit="word", unit_scale=True, desc="paraphrasing",
                disable=not progress, dynamic_ncols=True)
     started, tokens0, done_chunks = time.perf_counter(), paraphraser.tokens, 0
     try:
         for start in range(0, len(work), flush_every):
             batch = work[start:start + flush_every]
-            finished = []
+            finished, outputs = [], []  # records of whole texts; of single outputs (`_complete_outputs`)
 
-            def on_done(index, outputs, batch=batch, finished=finished):
+            def on_done(index, texts, batch=batch, finished=finished):
                 nonlocal done_chunks
                 key, chunk = batch[index]
                 finished.append({"key": key, "kind": "paraphrase", "n": n, "seed": seed, "source": chunk,
-                                 "outputs": list(outputs)})
+                                 "outputs": list(texts)})
                 done_chunks += 1
                 bar.update(word_count(chunk))
                 elapsed = time.perf_counter() - started
@@ -423,19 +472,57 @@ def _paraphrase_missing(paraphraser, store, work, n, seed, flush_every, progress
                                     f"{(paraphraser.tokens - tokens0) / max(elapsed, 1e-9):.1f} tok/s", refresh=False)
 
             try:
-                paraphraser.paraphrase([chunk for _, chunk in batch], n, seed, on_done=on_done)
+                if per_output:
+                    _complete_outputs(paraphraser, store, batch, n, seed, on_done, outputs)
+                else:
+                    paraphraser.paraphrase([chunk for _, chunk in batch], n, seed, on_done=on_done)
             except BaseException as err:
                 # Keep what finished; the next run starts after it. A backend whose outputs depend on the batch
                 # keeps whole batches only, so that a resumed build forms the same batches as an uninterrupted one.
                 if paraphraser.batch_invariant:
-                    store.put(finished)
+                    whole = {record["key"] for record in finished}
+                    store.put(finished + [record for record in outputs if record["text_key"] not in whole])
                 if isinstance(err, BuildStopped):
-                    raise BuildStopped(f"{err}. {len(store)} paraphrased texts are saved in "
-                                       f"{store.directory}; run the same command again to resume") from None
+                    saved = sum(key in store for key, _ in work)
+                    raise BuildStopped(f"{err}. {saved} paraphrased texts are saved in {store.directory}; run the "
+                                       "same command again to resume") from None
                 raise
             store.put(finished)
     finally:
         bar.close()
+
+
+def _output_key(key: str, index: int) -> str:
+    """The cache key of output `index` alone of the text whose n outputs are keyed `key`."""
+    return stable_hash("output", key, int(index))[:32]
+
+
+def _complete_outputs(paraphraser, store, batch, n, seed, on_done, outputs: list) -> None:
+    """The n outputs of each text of `batch` [(key, chunk)] as single `complete` tasks (those of
+    `Paraphraser.paraphrase`), less the outputs an earlier, stopped build stored alone; `on_done(row, texts)` once a
+    text's n outputs are there, and each output's cache record appended to `outputs` as it finishes."""
+    rows, tasks, places = [], [], []
+    for row, (key, chunk) in enumerate(batch):
+        stored = [store.get(_output_key(key, k)) for k in range(n)]
+        rows.append([record["outputs"][0] if record else None for record in stored])
+        for k in (k for k in range(n) if stored[k] is None):
+            tasks.append(Task(chunk, derive_seed(seed, chunk, k)))
+            places.append((row, k))
+    for row, texts in enumerate(rows):
+        if None not in texts:
+            on_done(row, list(texts))
+
+    def done(index, text):
+        row, k = places[index]
+        key, chunk = batch[row]
+        outputs.append({"key": _output_key(key, k), "kind": "paraphrase-output", "n": n, "seed": seed, "index": k,
+                        "text_key": key, "source": chunk, "outputs": [text]})
+        rows[row][k] = text
+        if None not in rows[row]:
+            on_done(row, list(rows[row]))
+
+    if tasks:
+        paraphraser.complete(tasks, on_done=done)
 
 
 def filter_summary(report: dict) -> str:

@@ -8,7 +8,7 @@ from marsrm.config import ConfigError, setting, to_yaml
 from marsrm.io import atomic_write_text
 from marsrm.model import DEFAULT_BACKBONE
 from marsrm.pipeline import DataSettings
-from marsrm.pool.build import FALLBACKS, TARGETS, build_pool
+from marsrm.pool.build import FALLBACKS, TARGETS, build_pool, check_pool_output
 from marsrm.pool.export import STYLES, export_trl
 from marsrm.pool.filter import FilterSettings
 from marsrm.pool.lexical import OPS
@@ -148,6 +148,7 @@ def augment(config: AugmentConfig, echo=print) -> dict:
 
     config.validate()
     output = Path(config.output)
+    check_pool_output(output)  # before any work: a run directory or a folder of the user's is no place for a pool
     # Backends are built (and endpoints checked) first: a missing model file or a dead endpoint stops here.
     paraphraser = make_paraphraser(config.paraphraser, **config.backend_settings(config.paraphraser))
     rewriter = None

@@ -6,9 +6,10 @@ over several base URLs and run `concurrency` at a time. A request that times out
 connection or part of its body, gets a 408/409/425/429 or 5xx, or returns malformed JSON is retried `retries`
 times with exponential backoff (or after the server's Retry-After, seconds or an HTTP date, at most
 `RETRY_AFTER_CAP`); after that the whole call raises `BuildStopped`, and the results that finished first have
-already been handed to `on_done`, so the pool builder keeps them. `request_report()` counts what happened
-(requests, retries by cause, failures); the builder writes it into the pool's manifest, and the stop message
-carries it.
+already been handed to `on_done`, so the pool builder keeps them. An interrupt (Ctrl-C) stops a call at once:
+the results already received go to `on_done` before it propagates, the requests in flight are abandoned.
+`request_report()` counts what happened (requests, retries by cause, failures); the builder writes it into the
+pool's manifest, and the stop message carries it.
 The API key is read from the environment variable `api_key_env` at request time; it is never stored in a
 setting, a log line, an error message or the cache key, and is cut out of any server text quoted in a message.
 """
@@ -18,6 +19,7 @@ import email.utils
 import http.client
 import json
 import os
+import queue
 import random
 import socket
 import threading
@@ -25,7 +27,6 @@ import time
 import urllib.error
 import urllib.request
 from collections import Counter
-from concurrent.futures import ThreadPoolExecutor, as_completed
 
 from marsrm.pool.paraphrase import (EXAMPLES, INSTRUCTIONS, SYSTEM, BuildStopped, Paraphraser, PoolError, Task,
                                     chat_messages, clean_output, token_budget)
@@ -72,6 +73,8 @@ class OpenAIParaphraser(Paraphraser):
     """Chat completions over HTTP, several endpoints, bounded concurrency, retries with backoff."""
 
     kind = "openai"
+    # Each output is one request, maybe paid for: a stopped pool build keeps every one that finished (build.py).
+    separate_requests = True
 
     def __init__(self, *, base_url=DEFAULT_BASE_URL, model: str | None = None, api_key_env: str = "OPENAI_API_KEY",
                  concurrency: int = 4, timeout: float = 60.0, retries: int = 4, backoff: float = 1.0,
@@ -94,7 +97,6 @@ class OpenAIParaphraser(Paraphraser):
         self.temperature, self.top_p = temperature, top_p
         self.length_ratio, self.max_new_tokens = length_ratio, max_new_tokens
         self._lock = threading.Lock()
-        self._abandon = threading.Event()
         self._turn = 0
         self.sent = 0  # chat requests sent, retries included
         self.retried = 0  # retries, all causes
@@ -186,7 +188,7 @@ class OpenAIParaphraser(Paraphraser):
                     raise PoolError(f"setting 'model': {base}/models lists no model; name one with --model")
                 self.model = models[0]
 
-    def _call(self, task: Task) -> str:
+    def _call(self, task: Task, abandon: threading.Event) -> str:
         with self._lock:
             base = self.base_urls[self._turn % len(self.base_urls)]
             self._turn += 1
@@ -196,7 +198,7 @@ class OpenAIParaphraser(Paraphraser):
                    "messages": chat_messages(task)}
         rng = random.Random(task.seed)  # jitter only; it never touches the output
         for attempt in range(self.retries + 1):
-            if self._abandon.is_set():
+            if abandon.is_set():
                 raise _Abandoned()
             try:
                 with self._lock:
@@ -213,7 +215,7 @@ class OpenAIParaphraser(Paraphraser):
                 return clean_output(text or "", task.text)  # empty text is an answer: the filter drops it as "empty"
             except TransientError as err:
                 if attempt == self.retries:
-                    self._abandon.set()
+                    abandon.set()
                     with self._lock:
                         self.failed += 1
                     raise BuildStopped(f"openai paraphraser: giving up after {self.retries + 1} attempts: {err} "
@@ -224,29 +226,68 @@ class OpenAIParaphraser(Paraphraser):
                     self.retried += 1
                     self.retries_by_cause[err.cause] += 1
                     self.waited += delay
-                time.sleep(delay)
+                abandon.wait(delay)  # a call that stops meanwhile ends the wait (and the next attempt)
                 base = self.base_urls[(self.base_urls.index(base) + 1) % len(self.base_urls)]  # try another one
         raise AssertionError("unreachable")
 
     def complete(self, tasks: list[Task], on_done=None) -> list[str]:
+        """One output per task, `concurrency` requests at a time; `on_done(index, text)` in this thread as each
+        finishes. A request that fails for good stops the call once the requests in flight have finished (their
+        results are handed over). An interrupt, or an exception from `on_done`, stops it at once: what was received
+        is handed to `on_done` first; requests in flight are abandoned on daemon threads, which neither hold up the
+        process's exit nor send anything more."""
         out: list[str | None] = [None] * len(tasks)
+        abandon = threading.Event()
+        todo: queue.SimpleQueue = queue.SimpleQueue()
+        for index in range(len(tasks)):
+            todo.put(index)
+        results: queue.SimpleQueue = queue.SimpleQueue()  # (index, text, error); None: a worker has stopped
+
+        def work():
+            try:
+                while not abandon.is_set():
+                    try:
+                        index = todo.get_nowait()
+                    except queue.Empty:
+                        return
+                    try:
+                        results.put((index, self._call(tasks[index], abandon), None))
+                    except Exception as err:  # handed to the calling thread, which decides
+                        results.put((index, None, err))
+            finally:
+                results.put(None)
+
+        workers = min(self.concurrency, len(tasks))
+        for _ in range(workers):
+            threading.Thread(target=work, name="marsrm-openai", daemon=True).start()
         failure = None
-        self._abandon.clear()
-        with ThreadPoolExecutor(max_workers=self.concurrency, thread_name_prefix="marsrm-openai") as pool:
-            futures = {pool.submit(self._call, task): i for i, task in enumerate(tasks)}
-            for future in as_completed(futures):
-                if future.cancelled() or isinstance(future.exception(), _Abandoned):
-                    continue
-                if future.exception() is not None:
-                    if failure is None:  # stop sending; requests already in flight finish and are kept
-                        failure = future.exception()
-                        self._abandon.set()
-                        for other in futures:
-                            other.cancel()
-                    continue
-                out[futures[future]] = future.result()
-                if on_done is not None:
-                    on_done(futures[future], out[futures[future]])
+
+        def hand_over(index, text):
+            out[index] = text
+            if on_done is not None:
+                on_done(index, text)
+
+        try:
+            while workers:
+                item = results.get()
+                if item is None:
+                    workers -= 1
+                elif item[2] is None:
+                    hand_over(item[0], item[1])
+                elif failure is None and not isinstance(item[2], _Abandoned):
+                    failure = item[2]  # stop sending; the requests in flight finish and are kept
+                    abandon.set()
+        except BaseException:
+            abandon.set()
+            # Answers already received were paid for: the caller gets them before the interrupt reaches it.
+            while True:
+                try:
+                    item = results.get_nowait()
+                except queue.Empty:
+                    break
+                if item is not None and item[2] is None:
+                    hand_over(item[0], item[1])
+            raise
         if failure is not None:
             raise failure
         return out
