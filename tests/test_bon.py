@@ -193,6 +193,10 @@ def test_gold_data_example_leaves_out_every_held_out_prompt(tmp_path):
     held_out = {prompt_key(p) for _, p in held_out_prompts(BonConfig(data=str(data), train_size=10),
                                                             echo=lambda *_: None)}
     assert len(written) == 10 and not written & held_out
+    # --exclude all: not even the training prompts (a judge for the pairs being augmented)
+    before = out.read_bytes()
+    assert module.main(["--data", str(data), "--sources", str(data), "--exclude", "all", "--output", str(out)]) == 2
+    assert out.read_bytes() == before  # refused, the earlier file left as it was
 
 
 @pytest.mark.slow

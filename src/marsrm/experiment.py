@@ -19,6 +19,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import yaml
 
 from marsrm.config import ConfigError, from_mapping, setting, to_yaml
@@ -173,6 +174,7 @@ def write_tables(config: ExperimentConfig, plan: dict, names: list[str], echo=pr
         atomic_write_json(Path(settings.record) / "summary.json", summary)
         atomic_write_text(Path(settings.record) / "config.yaml", to_yaml(settings))
         sections.append(experiment_table(name, plan["experiments"][name].get("description"), settings, summary))
+        sections.append(efficiency_table(settings))
         status[name] = "table"
     out = Path(config.results) / "TABLES.md"
     header = ["# Tables rebuilt from the recorded runs", "",
@@ -222,4 +224,39 @@ def experiment_table(name: str, description: str | None, settings, summary: dict
     length = next(iter(summary["strategies"].values())).get("length_baseline_accuracy")
     if length is not None:
         lines += ["", f"“Longer response wins” on the same pairs: {length:.4f}."]
+    return "\n".join(lines) + "\n"
+
+
+EFFICIENCY_KEYS = (("eval_accuracy", "held-out accuracy"), ("eval_loss", "held-out BT loss"),
+                   ("base_loss", "base-pair BT loss"))
+
+
+def efficiency_table(settings) -> str:
+    """Per round: optimizer steps and, for each strategy, held-out accuracy and the BT loss on the held-out and the
+    base pairs after that round's training (mean over seeds), with the paired difference against the baseline
+    (same seed, same round, so the same number of steps for strategies with the same budget; t-interval over
+    seeds). A strategy's training loss is on its own sample, so it is not compared."""
+    from marsrm.compare import _seed_interval, load_runs
+
+    runs = load_runs(settings)
+    rounds = {s: [r.get("rounds_log") or [] for r in results] for s, results in runs.items()}
+    if not all(run and all(key in run[0] for key, _ in EFFICIENCY_KEYS) for logs in rounds.values() for run in logs):
+        return "Per-round efficiency: not recorded by these runs (made before the loop logged losses).\n"
+    baseline = settings.baseline
+    lines = ["Per round (after its training; mean over seeds; Δ: paired against "
+             f"`{baseline}` at the same round, 95% t-interval over seeds):", "",
+             "| strategy | round | steps | " + " | ".join(label for _, label in EFFICIENCY_KEYS) +
+             f" | Δ held-out accuracy vs {baseline} | Δ base-pair loss vs {baseline} |",
+             "|---|---|---|" + "---|" * (len(EFFICIENCY_KEYS) + 2)]
+    for strategy, logs in rounds.items():
+        for t in range(len(logs[0])):
+            cells = [strategy, str(t + 1), f"{np.mean([run[t]['step'] for run in logs]):.0f}"]
+            cells += [f"{np.mean([run[t][key] for run in logs]):.4f}" for key, _ in EFFICIENCY_KEYS]
+            for key in ("eval_accuracy", "base_loss"):
+                if strategy == baseline:
+                    cells.append("—")
+                    continue
+                diff = _seed_interval([a[t][key] - b[t][key] for a, b in zip(logs, rounds[baseline])])
+                cells.append(f"{diff['mean']:+.4f} [{diff['low']:+.4f}, {diff['high']:+.4f}]")
+            lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
