@@ -32,6 +32,7 @@ def _commands():
     from marsrm.demo import DemoConfig
     from marsrm.experiment import ExperimentConfig
     from marsrm.pool.command import AugmentConfig
+    from marsrm.simulate import SimulateConfig
 
     return {
         "train": (pipeline.TrainConfig, run_train, "train a reward model on preference pairs"),
@@ -46,6 +47,8 @@ def _commands():
                        "lacks, or rebuild its tables from results/"),
         "bon": (BonConfig, run_bon, "best of N: a policy's samples picked by each reward model, judged by a gold "
                 "model"),
+        "simulate": (SimulateConfig, run_simulate, "positive control: the MARS rounds on synthetic pairs with a known "
+                     "reward, faithful vs inherited labels (about a minute on CPU)"),
     }
 
 
@@ -104,6 +107,12 @@ def run_bon(config) -> None:
     from marsrm.bon import bon
 
     bon(config)
+
+
+def run_simulate(config) -> None:
+    from marsrm.simulate import simulate
+
+    simulate(config)
 
 
 def run_export(config) -> None:
