@@ -44,7 +44,8 @@ class RunConfig(TrainConfig):
     tau: float | None = setting(None, "temperature τ (mars default 0.1, mars-signed default 0.5)")
     tau_scale: str = setting("raw", "what τ multiplies: raw margins (the paper's form; their scale depends on "
                              "backbone, head and round) or std: margins in units of the round's margin standard "
-                             "deviation, so τ means the same concentration on every model", choices=list(alloc.TAU_SCALES))
+                             "deviation, so τ means the same concentration on every model",
+                             choices=list(alloc.TAU_SCALES))
     beta: float = setting(1.0, "adaboost: weight ∝ exp(−β·margin)")
     accumulate: bool = setting(False, "keep every round's synthetic sample instead of drawing afresh")
     base_epochs: float = setting(0.0, "epochs on the base pairs alone before round 1, so the first margins come from "
