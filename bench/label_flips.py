@@ -27,24 +27,13 @@ from marsrm.compare import CompareConfig
 from marsrm.config import from_mapping
 from marsrm.io import atomic_write_json, atomic_write_text
 from marsrm.loop import open_base_pool
+from marsrm.metrics import seed_interval
 from marsrm.model import load_reward_model
 from marsrm.pipeline import load_split
 
 
 def round_files(run_dir: Path) -> list[Path]:
     return sorted((run_dir / "rounds").glob("round-*.npz"), key=lambda p: int(p.stem.split("-")[1]))
-
-
-def t_interval(values) -> dict:
-    from scipy import stats
-
-    values = np.asarray([v for v in values if v is not None], float)
-    if values.size == 0:
-        return {"mean": None, "low": None, "high": None, "n": 0}
-    half = float(stats.t.ppf(0.975, values.size - 1) * values.std(ddof=1) / np.sqrt(values.size)) \
-        if values.size > 1 else 0.0
-    return {"mean": float(values.mean()), "low": float(values.mean() - half), "high": float(values.mean() + half),
-            "n": int(values.size)}
 
 
 def main(argv=None) -> int:
@@ -93,7 +82,7 @@ def main(argv=None) -> int:
                                                            npz["variant_index"]) for npz in run) if r is not None])
                  if any(len(npz["pair_index"]) for npz in run) else None for run in runs]
         if any(r is not None for r in rates):
-            result["sampled"][strategy] = t_interval(rates)
+            result["sampled"][strategy] = seed_interval([r for r in rates if r is not None])
 
     out = Path(args.output)
     atomic_write_json(out / "flips.json", result)

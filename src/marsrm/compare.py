@@ -191,18 +191,6 @@ def _prewarm(config: CompareConfig, echo, pool=None) -> None:
         learner.embed(chunk)
 
 
-def _seed_interval(values: np.ndarray, level: float = 0.95) -> dict:
-    """Mean and Student-t interval over seeds."""
-    from scipy import stats
-
-    values = np.asarray(values, dtype=np.float64)
-    mean = float(values.mean())
-    if len(values) < 2:
-        return {"mean": mean, "low": mean, "high": mean, "n": len(values)}
-    half = float(stats.t.ppf(0.5 + level / 2, len(values) - 1) * values.std(ddof=1) / np.sqrt(len(values)))
-    return {"mean": mean, "low": mean - half, "high": mean + half, "n": len(values)}
-
-
 def load_runs(config: CompareConfig) -> dict:
     """{strategy: [results.json dict per seed]} with the held-out margins attached as `eval_margins`; read from
     the results directory `config.record` when there is one, else from the run directories in `config.output`."""
@@ -232,10 +220,10 @@ def summarise(config: CompareConfig) -> dict:
     right = {s: np.stack([r["eval_margins"] > 0 for r in results], axis=1) for s, results in runs.items()}
     correct = {s: ranked.mean(axis=1) for s, ranked in right.items()}
     for strategy, results in runs.items():
-        entry = {name: _seed_interval([r["eval"][name]["value"] for r in results]) for name in METRICS}
+        entry = {name: metrics.seed_interval([r["eval"][name]["value"] for r in results]) for name in METRICS}
         entry["length_baseline_accuracy"] = results[0]["eval"].get("length_baseline_accuracy", {}).get("value")
         if "val" in results[0]:
-            entry["val_accuracy"] = _seed_interval([r["val"]["accuracy"]["value"] for r in results])
+            entry["val_accuracy"] = metrics.seed_interval([r["val"]["accuracy"]["value"] for r in results])
         entry["allocation"] = allocation_by_round(results)
         if strategy != config.baseline:
             difference = correct[strategy] - correct[config.baseline]

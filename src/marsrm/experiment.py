@@ -236,7 +236,8 @@ def efficiency_table(settings) -> str:
     base pairs after that round's training (mean over seeds), with the paired difference against the baseline
     (same seed, same round, so the same number of steps for strategies with the same budget; t-interval over
     seeds). A strategy's training loss is on its own sample, so it is not compared."""
-    from marsrm.compare import _seed_interval, load_runs
+    from marsrm.compare import load_runs
+    from marsrm.metrics import seed_interval
 
     runs = load_runs(settings)
     rounds = {s: [r.get("rounds_log") or [] for r in results] for s, results in runs.items()}
@@ -256,7 +257,7 @@ def efficiency_table(settings) -> str:
                 if strategy == baseline:
                     cells.append("—")
                     continue
-                diff = _seed_interval([a[t][key] - b[t][key] for a, b in zip(logs, rounds[baseline])])
+                diff = seed_interval([a[t][key] - b[t][key] for a, b in zip(logs, rounds[baseline])])
                 cells.append(f"{diff['mean']:+.4f} [{diff['low']:+.4f}, {diff['high']:+.4f}]")
             lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"

@@ -35,6 +35,7 @@ __all__ = [
     "mean_margin",
     "paired_bootstrap",
     "paired_seed_bootstrap",
+    "seed_interval",
     "bt_loss",
     "pairwise_accuracy",
     "rewardbench_sections",
@@ -416,6 +417,19 @@ def paired_bootstrap(
         share_a_better=float(np.mean(differences > 0)),
         n=int(margins_a.size),
     )
+
+
+def seed_interval(values: np.ndarray, level: float = 0.95) -> dict:
+    """Mean of per-seed values with a Student-t interval over seeds: {"mean", "low", "high", "n"} (no interval,
+    low = high = mean, for a single seed)."""
+    from scipy import stats
+
+    values = np.asarray(values, dtype=np.float64)
+    mean = float(values.mean())
+    if len(values) < 2:
+        return {"mean": mean, "low": mean, "high": mean, "n": len(values)}
+    half = float(stats.t.ppf(0.5 + level / 2, len(values) - 1) * values.std(ddof=1) / np.sqrt(len(values)))
+    return {"mean": mean, "low": mean - half, "high": mean + half, "n": len(values)}
 
 
 def paired_seed_bootstrap(correct_a, correct_b, n_resamples: int = 1000, seed: int = 0,
