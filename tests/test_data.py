@@ -1,6 +1,7 @@
 """Tests for marsrm.data: every accepted format in, every bad input out as one DataError line."""
 from __future__ import annotations
 
+import dataclasses
 import gzip
 import json
 import os
@@ -640,12 +641,17 @@ def test_save_is_atomic_and_round_trips(tmp_path):
     path = tmp_path / "out" / "pairs.jsonl"
     path.parent.mkdir()
     path.write_text("old contents\n", encoding="utf-8")
-    lone = PreferencePair(id="b:1", prompt=(user("surrogate \ud800 here"),), chosen="x", rejected="y",
-                          meta={"variant": [0, 1]})
-    save_pairs_jsonl(SAMPLE + [lone], path)
+    odd = PreferencePair(id="b:1", prompt=(user("quote \" and \u2028 here"),), chosen="x", rejected="y",
+                         meta={"variant": [0, 1]})
+    save_pairs_jsonl(SAMPLE + [odd], path)
     assert os.listdir(path.parent) == ["pairs.jsonl"]
     loaded = load_pairs(path).pairs
-    assert loaded == SAMPLE + [lone] and loaded[2].meta == {"variant": [0, 1]}
+    assert loaded == SAMPLE + [odd] and loaded[2].meta == {"variant": [0, 1]}
+    # a lone surrogate is written (JSON can hold it) but refused on reading, with the line and field
+    lone = dataclasses.replace(odd, prompt=(user("surrogate \ud800 here"),))
+    save_pairs_jsonl(SAMPLE + [lone], path)
+    with pytest.raises(DataError, match=r"pairs\.jsonl:3: .*surrogate"):
+        load_pairs(path)
 
 
 message_strategy = st.fixed_dictionaries({"role": st.sampled_from(["user", "assistant", "system"]),

@@ -72,6 +72,25 @@ def test_pool_identity_is_how_the_pool_was_built_not_where_it_lies(tmp_path):
     manifest["n"] = 4
     (tmp_path / "b" / "manifest.json").write_text(json.dumps(manifest))
     assert record.pool_identity(str(tmp_path / "a")) != record.pool_identity(str(tmp_path / "b"))
+    # the filter's embedder: fp32 (what pools were built with before the setting) is the identity it always had
+    before = record.pool_identity(str(tmp_path / "b"))
+    (tmp_path / "b" / "manifest.json").write_text(json.dumps({**manifest, "embed_dtype": "bf16"}))
+    assert record.pool_identity(str(tmp_path / "b")) != before
+
+
+def test_auto_precision_is_fingerprinted_as_this_machine_resolves_it():
+    import torch
+
+    from marsrm.features import resolve_dtype
+    from marsrm.train import resolve_mixed_precision
+
+    head = record.fingerprint(RunConfig(strategy="uniform", embed_dtype="auto"))
+    assert head["embed_dtype"] == resolve_dtype("auto", torch.device("cpu")) in ("bf16", "fp32")
+    assert head == record.fingerprint(RunConfig(strategy="uniform", embed_dtype=head["embed_dtype"]))
+    full = record.fingerprint(RunConfig(mode="full", strategy="uniform", mixed_precision="auto"))
+    assert full["mixed_precision"] == resolve_mixed_precision("auto", cpu=True) in ("bf16", "no")
+    saved = {"version": record.FINGERPRINT_VERSION, "settings": {**full, "mixed_precision": "auto"}}
+    assert record.saved_fingerprint(saved, RunConfig) == full
 
 
 @pytest.mark.slow

@@ -564,7 +564,7 @@ def test_remote_code_is_off_unless_the_caller_turns_it_on(tmp_path):
     import pkgutil
 
     import marsrm
-    from marsrm.model import ScalarHead, load_reward_model
+    from marsrm.model import ScalarHead, load_reward_model, resolve_backbone
 
     defaults = {}
     for module_info in pkgutil.walk_packages(marsrm.__path__, "marsrm."):
@@ -590,11 +590,11 @@ def test_remote_code_is_off_unless_the_caller_turns_it_on(tmp_path):
 
     directory = tmp_path / "model"
     directory.mkdir()
-    head = ScalarHead(4, 0)
+    head = ScalarHead(384, 0)
     save_file({k: v.contiguous() for k, v in head.state_dict().items()}, str(directory / "head.safetensors"))
-    spec = {"mode": "head", "backbone": "", "trust_remote_code": True}
+    spec = {"mode": "head", "backbone": resolve_backbone(None), "trust_remote_code": True}
     (directory / "marsrm.json").write_text(json.dumps({"format": "marsrm-reward-model", "version": 1, "spec": spec,
-                                                       "head_dim": 4}))
+                                                       "head_dim": 384}))
     assert load_reward_model(directory).spec.trust_remote_code is False
     assert load_reward_model(directory, trust_remote_code=True).spec.trust_remote_code is True
 

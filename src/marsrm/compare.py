@@ -18,7 +18,7 @@ import numpy as np
 
 from marsrm import allocate as alloc
 from marsrm import metrics, record
-from marsrm.config import ConfigError, setting, to_yaml
+from marsrm.config import ConfigError, check_settings, setting, to_yaml
 from marsrm.io import atomic_write_json, atomic_write_text, run_directory
 from marsrm.loop import RunConfig, open_base_pool, run
 from marsrm.pipeline import load_split
@@ -31,10 +31,10 @@ class CompareConfig(RunConfig):
     """`marsrm compare`: strategies side by side over several seeds, with paired intervals and plots."""
 
     strategies: list[str] = setting(["none", "uniform", "west-of-n", "mars", "mars-signed"],
-                                    "comma-separated strategies to compare")
-    seeds: int = setting(5, "training seeds per strategy (seed, seed+1, …)")
+                                    "comma-separated strategies to compare", choices=list(alloc.STRATEGIES))
+    seeds: int = setting(5, "training seeds per strategy (seed, seed+1, …)", ge=1)
     baseline: str = setting("uniform", "strategy every other one is compared against, pair by pair")
-    workers: int = setting(0, "parallel processes; 0 = one per 2 CPU cores, at most one per run")
+    workers: int = setting(0, "parallel processes; 0 = one per 2 CPU cores, at most one per run", ge=0)
     output: str = setting("runs/compare", "directory: one run per strategy and seed, plus report.md and plots")
     record: str | None = setting(None, "results directory (e.g. results/NAME, to commit): each finished run's small "
                                  "outputs (config, results, metrics, per-pair margins and ids, per-round "
@@ -43,24 +43,19 @@ class CompareConfig(RunConfig):
     bon_gold: str | None = setting(None, "gold reward model: after the runs, best-of-N (`marsrm bon`) of each "
                                    "strategy's first-seed model on the held-out prompts, judged by it, into "
                                    "<output>/bon (docs/DOWNSTREAM.md)")
-    bon_prompts: int = setting(200, "best-of-N: held-out prompts evaluated")
-    bon_ns: list[int] = setting([1, 2, 4, 8, 16], "best-of-N: N values, comma-separated")
+    bon_prompts: int = setting(200, "best-of-N: held-out prompts evaluated", ge=1)
+    bon_ns: list[int] = setting([1, 2, 4, 8, 16], "best-of-N: N values, comma-separated", ge=1)
     bon_policy: str = setting("smollm2", "best-of-N: policy LM (default: SmolLM2-135M-Instruct, offline)")
-    bon_max_new_tokens: int = setting(128, "best-of-N: tokens per sampled response at most")
+    bon_max_new_tokens: int = setting(128, "best-of-N: tokens per sampled response at most", ge=1)
 
     def validate(self) -> None:
-        unknown = [s for s in self.strategies if s not in alloc.STRATEGIES]
-        if unknown:
-            raise ConfigError(f"setting 'strategies': unknown strategy '{unknown[0]}' "
-                              f"(known: {', '.join(alloc.STRATEGIES)})")
+        check_settings(self)
         if not self.strategies:
             raise ConfigError("setting 'strategies': name at least one strategy")
-        if self.seeds < 1:
-            raise ConfigError(f"setting 'seeds': must be at least 1 (got {self.seeds})")
+        if len(set(self.strategies)) < len(self.strategies):
+            raise ConfigError(f"setting 'strategies': a strategy is named twice ({', '.join(self.strategies)})")
         if self.baseline not in self.strategies:
             raise ConfigError(f"setting 'baseline': '{self.baseline}' is not among --strategies")
-        if self.workers < 0:
-            raise ConfigError(f"setting 'workers': must be ≥ 0 (got {self.workers})")
         for name in self.strategies:
             dataclasses.replace(self.run_config(name, self.seed), output="x").validate()
         if self.bon_gold:
@@ -124,21 +119,23 @@ def compare(config: CompareConfig, echo=print, pool=None) -> dict:
     pool: an in-memory variants source instead of `config.pool` (runs then stay in this process).
     """
     config.validate()
+    split, _ = load_split(config, echo)  # the data's own errors come before any output or weights
     # Built in place (its files name their directory: the runs' config.yaml, the report), an old comparison set
     # aside until the new one is complete.
     with run_directory(config.output, overwrite=config.overwrite, resume=config.resume, stage=False):
-        return _compare(config, echo, pool)
+        return _compare(config, echo, pool, split)
 
 
-def _compare(config: CompareConfig, echo, pool) -> dict:
-    """`compare` inside its locked output directory."""
+def _compare(config: CompareConfig, echo, pool, split) -> dict:
+    """`compare` inside its locked output directory; split: the data as every run splits it."""
     out = Path(config.output)
     atomic_write_text(out / "config.yaml", to_yaml(config))
-    jobs = [config.run_config(s, config.seed + k) for s in config.strategies for k in range(config.seeds)]
+    # seed by seed, so a comparison stopped part way already holds paired runs of every strategy
+    jobs = [config.run_config(s, config.seed + k) for k in range(config.seeds) for s in config.strategies]
 
     recorded = [job for job in jobs if config.record and record.is_recorded(_record_dir(config, job))]
     if len(recorded) < len(jobs):  # nothing to embed when every run is recorded already
-        _prewarm(config, echo, pool)
+        _prewarm(config, split, echo, pool)
     workers = 1 if pool is not None else config.workers or max(1, min(len(jobs), (os.cpu_count() or 2) // 2))
     echo(f"{len(jobs)} runs ({len(config.strategies)} strategies × {config.seeds} seeds) on {workers} process(es)")
     if workers == 1:
@@ -173,14 +170,13 @@ def _compare(config: CompareConfig, echo, pool) -> dict:
     return summary
 
 
-def _prewarm(config: CompareConfig, echo, pool=None) -> None:
+def _prewarm(config: CompareConfig, split, echo, pool=None) -> None:
     """Head mode: embed base, held-out and pool texts once, so parallel runs only read the cache."""
     if config.mode != "head":
         return
     from marsrm.loop import BasePool
     from marsrm.pipeline import build_model, make_learner
 
-    split, _ = load_split(config, echo)
     needs_pool = any(alloc.STRATEGIES[s].augments for s in config.strategies) and config.budget > 0
     pool = open_base_pool(config, split.train, pool, echo) if needs_pool else BasePool.empty(split.train)
     learner = make_learner(build_model(config), progress=config.progress)

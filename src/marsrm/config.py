@@ -3,16 +3,27 @@
 Each command has one dataclass; a field's `metadata["help"]` is its `--help` text. Field names map to
 flags with dashes (`train_size` → `--train-size`); booleans get `--flag` / `--no-flag`; a setting that may
 be None takes `none` (`--train-size none`: every pair but the held-out ones).
+
+Every setting is checked once, before any work, from what its field declares (`check_settings`): its type
+(an `int` is a whole number, a `float` a finite one, a `bool` true or false: nothing is coerced), its
+`choices`, and its bounds (`ge`, `gt`, `le`, `lt` in `setting(...)`). A class's own `validate()` adds the
+checks that relate settings to each other.
 """
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import math
+import operator
 import types
 import typing
 from pathlib import Path
 
 import yaml
+
+# A settings file is a few hundred bytes; these bound what a hostile one can make the loader build.
+YAML_MAX_BYTES = 1 << 20
+YAML_MAX_NODES = 100_000
 
 
 class ConfigError(ValueError):
@@ -20,7 +31,7 @@ class ConfigError(ValueError):
 
 
 def setting(default, help: str, **metadata):
-    """A config field with its `--help` text (and optional `choices`)."""
+    """A config field with its `--help` text, and optionally `choices` and bounds `ge`, `gt`, `le`, `lt`."""
     if isinstance(default, (list, dict)):
         return dataclasses.field(default_factory=lambda: type(default)(default), metadata={"help": help, **metadata})
     return dataclasses.field(default=default, metadata={"help": help, **metadata})
@@ -49,11 +60,129 @@ def _or_none(convert):
     return lambda text: NONE_GIVEN if str(text).strip().lower() in ("none", "null") else convert(text)
 
 
-def _converter(kind):
+_KIND_NAMES = {bool: "true or false", int: "a whole number", float: "a number", str: "text"}
+
+
+def read_value(value, kind):
+    """`value` (from YAML or the command line) as `kind`, refusing what would only pass by coercion
+    (16.9 or true as a whole number, a number as true/false): TypeError/ValueError saying what was expected."""
     if typing.get_origin(kind) is list:
         (item,) = typing.get_args(kind)
-        return lambda text: [item(x.strip()) for x in str(text).split(",") if x.strip()]
-    return kind
+        if isinstance(value, (dict, bool)):
+            raise TypeError("expected a list")
+        items = value if isinstance(value, list) else [x.strip() for x in str(value).split(",") if x.strip()]
+        return [read_value(x, item) for x in items]
+    expected = _KIND_NAMES.get(kind, getattr(kind, "__name__", str(kind)))
+    if kind is bool:
+        if isinstance(value, bool):
+            return value
+    elif isinstance(value, bool) or isinstance(value, (list, dict)):
+        pass
+    elif kind is int:
+        if isinstance(value, int):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        if isinstance(value, str):
+            return int(value.strip().replace("_", ""))
+    elif kind is float:
+        if isinstance(value, (int, float)):
+            return float(value)
+        if isinstance(value, str):
+            return float(value)  # YAML reads 1e-3 (no dot) as text
+    elif kind is str:
+        if isinstance(value, (str, int, float)):
+            return str(value)
+    else:
+        return kind(value)
+    raise TypeError(f"expected {expected}")
+
+
+_BOUNDS = {"ge": (operator.ge, "≥"), "gt": (operator.gt, ">"), "le": (operator.le, "≤"), "lt": (operator.lt, "<")}
+
+
+def _problem(value, kind, f) -> str | None:
+    """Why `value` does not fit field `f` of declared `kind`, or None."""
+    if typing.get_origin(kind) is list:
+        if not isinstance(value, list):
+            return f"expected a list (got {value!r})"
+        (item,) = typing.get_args(kind)
+        return next((p for p in (_problem(v, item, f) for v in value) if p), None)
+    if dataclasses.is_dataclass(kind):
+        check_settings(value)
+        return None
+    fits = {bool: lambda v: isinstance(v, bool),
+            int: lambda v: isinstance(v, int) and not isinstance(v, bool),
+            float: lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v),
+            str: lambda v: isinstance(v, str)}.get(kind, lambda v: True)
+    if not fits(value):
+        what = "a finite number" if kind is float else _KIND_NAMES.get(kind, str(kind))
+        return f"must be {what} (got {value!r})"
+    choices = f.metadata.get("choices")
+    if choices is not None and value not in choices:
+        return f"choose one of {', '.join(map(str, choices))} (got {value!r})"
+    for key, (compare, sign) in _BOUNDS.items():
+        bound = f.metadata.get(key)
+        if bound is not None and not compare(value, bound):
+            return f"must be {sign} {bound} (got {value!r})"
+    return None
+
+
+def check_settings(config) -> None:
+    """Check every field of `config` against its declared type, choices and bounds; ConfigError names the first
+    that fails. No setting is read or coerced here: a value that fails is reported as given."""
+    hints = typing.get_type_hints(type(config))
+    for f in dataclasses.fields(config):
+        value = getattr(config, f.name)
+        kind, optional = _base_type(hints[f.name])
+        if value is None:
+            if optional:
+                continue
+            raise ConfigError(f"setting '{f.name}': needs a value")
+        problem = _problem(value, kind, f)
+        if problem:
+            error = ConfigError(f"setting '{f.name}': {problem}")
+            error.setting = f.name
+            raise error
+
+
+def load_yaml(path: str | Path, what: str = "config file"):
+    """The YAML document at `path`, read safely: plain data only, at most YAML_MAX_BYTES, and at most
+    YAML_MAX_NODES nodes once aliases are expanded (a file of nested aliases cannot exhaust memory)."""
+    path = Path(path)
+    if not path.exists():
+        raise ConfigError(f"{path}: {what} does not exist")
+    if not path.is_file():
+        raise ConfigError(f"{path}: {what} is not a file")
+    if path.stat().st_size > YAML_MAX_BYTES:
+        raise ConfigError(f"{path}: {what} is larger than {YAML_MAX_BYTES >> 20} MiB; a settings file is far smaller")
+    try:
+        text = path.read_text(encoding="utf-8")
+        node = yaml.compose(text, Loader=yaml.SafeLoader)
+    except UnicodeDecodeError as err:
+        raise ConfigError(f"{path}: {what} is not UTF-8 text ({err.reason} at byte {err.start})")
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path}: not valid YAML ({' '.join(str(err).split())})")
+    if node is None:
+        return None
+    if _expanded_nodes(node, {}) > YAML_MAX_NODES:
+        raise ConfigError(f"{path}: {what} expands to more than {YAML_MAX_NODES:,} values through its aliases; "
+                          "refusing to read it")
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path}: not valid YAML ({' '.join(str(err).split())})")
+
+
+def _expanded_nodes(node, seen: dict) -> int:
+    """Nodes in the document once every alias is expanded, counted without expanding (memoised per node)."""
+    key = id(node)
+    if key not in seen:
+        seen[key] = 0  # a recursive alias counts once per visit (safe_load refuses recursion anyway)
+        children = node.value if isinstance(node.value, list) else []
+        flat = [c for child in children for c in (child if isinstance(child, tuple) else (child,))]
+        seen[key] = min(YAML_MAX_NODES + 1, 1 + sum(_expanded_nodes(c, seen) for c in flat))
+    return seen[key]
 
 
 def build_parser(cls, parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
@@ -69,10 +198,12 @@ def build_parser(cls, parser: argparse.ArgumentParser) -> argparse.ArgumentParse
         help_text = f"{f.metadata.get('help', '')} (default: {default})".replace("%", "%%")  # argparse formats help
         if kind is bool:
             parser.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction, default=None, help=help_text)
-        else:
-            convert = _or_none(_converter(kind)) if optional else _converter(kind)
-            parser.add_argument(flag, dest=f.name, type=convert, default=None,
-                                choices=f.metadata.get("choices"), help=help_text, metavar=f.name.upper())
+        else:  # read as text here; `from_mapping` reads it as the field's type, so a flag and YAML fail alike
+            choices = f.metadata.get("choices")
+            if choices:
+                help_text += f"; one of {', '.join(map(str, choices))}"
+            parser.add_argument(flag, dest=f.name, type=_or_none(str) if optional else str, default=None,
+                                help=help_text, metavar=f.name.upper())
     return parser
 
 
@@ -90,14 +221,12 @@ def from_mapping(cls, values: dict, origin: str = "config"):
             kwargs[name] = None
             continue
         try:
-            if typing.get_origin(kind) is list and isinstance(value, list):
-                kwargs[name] = [typing.get_args(kind)[0](v) for v in value]
-            elif kind is bool and not isinstance(value, bool):
-                raise TypeError("expected true or false")
-            else:
-                kwargs[name] = _converter(kind)(value)
-        except (TypeError, ValueError) as err:
-            raise ConfigError(f"{origin}: setting '{key}': cannot read {value!r} as {getattr(kind, '__name__', kind)} ({err})")
+            kwargs[name] = read_value(value, kind)
+        except (TypeError, ValueError):
+            expected = _KIND_NAMES.get(kind, getattr(kind, "__name__", str(kind)))
+            if typing.get_origin(kind) is list:
+                expected = f"a list of {_KIND_NAMES.get(typing.get_args(kind)[0], 'values')} (comma-separated)"
+            raise ConfigError(f"{origin}: setting '{key}': expected {expected} (got {value!r})") from None
     return cls(**kwargs)
 
 
@@ -106,20 +235,23 @@ def resolve(cls, args: argparse.Namespace):
     values = {}
     if getattr(args, "config", None):
         path = Path(args.config)
-        if not path.exists():
-            raise ConfigError(f"{path}: config file does not exist")
-        try:
-            loaded = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as err:
-            raise ConfigError(f"{path}: not valid YAML ({str(err).splitlines()[0]})")
+        loaded = load_yaml(path) or {}
         if not isinstance(loaded, dict):
             raise ConfigError(f"{path}: expected a mapping of setting: value")
-        values.update(loaded)
+        values.update({str(k).replace("-", "_"): v for k, v in loaded.items()})
+    given = {}
     for f in dataclasses.fields(cls):
-        given = getattr(args, f.name, None)
-        if given is not None:
-            values[f.name] = None if given is NONE_GIVEN else given
+        flag = getattr(args, f.name, None)
+        if flag is not None:
+            given[f.name] = None if flag is NONE_GIVEN else flag
     config = from_mapping(cls, values, origin=str(getattr(args, "config", None) or "command line"))
+    config = from_mapping(cls, {**values, **given}, origin="command line") if given else config
+    try:
+        check_settings(config)
+    except ConfigError as err:
+        if getattr(err, "setting", None) in values and err.setting not in given:
+            raise ConfigError(f"{args.config}: {err}") from None
+        raise
     if hasattr(config, "validate"):
         config.validate()
     return config

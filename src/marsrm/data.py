@@ -191,10 +191,14 @@ class _Rows:
     unit: str  # "line" for line-based files (errors say FILE:LINE), "row" otherwise (FILE:row N)
     records: Iterator[tuple[int, Any]]
     label: str = ""  # the name errors give, when it differs from `name`: a named source's file
+    uniform: bool = False  # a table: every record has the same columns
+
+    @property
+    def file(self) -> str:
+        return self.label or self.name
 
     def location(self, number: int) -> str:
-        label = self.label or self.name
-        return f"{label}:{number}" if self.unit == "line" else f"{label}:row {number}"
+        return f"{self.file}:{number}" if self.unit == "line" else f"{self.file}:row {number}"
 
 
 class _BadJSON(Exception):
@@ -412,7 +416,7 @@ def _read_with_datasets(path: Path, kind: str) -> _Rows:
                         f"complete {kind.upper()} file") from None
     finally:
         shutil.rmtree(cache, ignore_errors=True)
-    return _Rows(name, str(path), "row", _dataset_records(dataset, name))
+    return _Rows(name, str(path), "row", _dataset_records(dataset, name), uniform=True)
 
 
 def _pick_split(dataset, split: str | None, name: str):
@@ -446,7 +450,7 @@ def _read_saved_dataset(path: Path, split: str | None) -> _Rows:
         raise DataError(f"{path.name}: not a dataset saved with Dataset.save_to_disk ({_first_line(error)}); "
                         "point at a data file or a saved dataset folder") from None
     dataset = _pick_split(dataset, split, path.name)
-    return _Rows(path.name, str(path), "row", _dataset_records(dataset, path.name, "dataset"))
+    return _Rows(path.name, str(path), "row", _dataset_records(dataset, path.name, "dataset"), uniform=True)
 
 
 def _hub_unreachable() -> str | None:
@@ -515,7 +519,7 @@ def _open_source(source, split: str | None) -> tuple[_Rows, Source | None]:
         named = resolve_source(text, split=split)
         if named.path is not None:
             rows = _read_jsonl(named.path) if ".jsonl" in named.path.name else _read_with_datasets(named.path, "parquet")
-            return _Rows(named.name, str(named.path), rows.unit, rows.records, label=rows.name), named
+            return dataclasses.replace(rows, name=named.name, label=rows.name), named
         try:
             dataset = _load_hub_dataset(named.hub, **named.hub_kwargs)
         except DataError as error:
@@ -524,7 +528,7 @@ def _open_source(source, split: str | None) -> tuple[_Rows, Source | None]:
                             f"(load_dataset({named.hub!r}, {_kwargs_text(named.hub_kwargs)}): {error}); "
                             f"set MARS_DATA_DIR to a folder holding {named.expected}") from None
         where = f"hub {named.hub} ({_kwargs_text(named.hub_kwargs)})"
-        return _Rows(named.name, where, "row", _dataset_records(dataset, named.name, "dataset")), named
+        return _Rows(named.name, where, "row", _dataset_records(dataset, named.name, "dataset"), uniform=True), named
     looks_like_path = (isinstance(source, Path) or text.startswith(("/", ".", "~"))
                        or re.search(r"\.(jsonl|json|gz|parquet|csv)$", text, re.IGNORECASE))
     if not looks_like_path and re.fullmatch(r"[\w.-]+/[\w.-]+", text):
@@ -534,7 +538,7 @@ def _open_source(source, split: str | None) -> tuple[_Rows, Source | None]:
             raise DataError(f"{text}: not a file here, not a named source, and load_dataset({text!r}) failed "
                             f"({error}); give a path to a local file or folder") from None
         dataset = dataset if split else _pick_split(dataset, None, text)
-        return _Rows(text, f"hub {text}", "row", _dataset_records(dataset, text, "dataset")), None
+        return _Rows(text, f"hub {text}", "row", _dataset_records(dataset, text, "dataset"), uniform=True), None
     raise DataError(f"{text}: no such file or folder (and not a named source: hh-rlhf/<subset>, ultrafeedback, "
                     "pku-saferlhf); check the path")
 
@@ -602,6 +606,7 @@ class _Fields:
     margin_required: bool
     subset_required: bool
     id: str | None
+    mapped: tuple[tuple[str, str], ...] = ()  # (setting, column) for each *_field the caller gave
 
     def flag(self, column: str) -> str:
         for name in ("prompt", "chosen", "rejected", "margin", "subset"):
@@ -642,7 +647,18 @@ class _Record:
         if not isinstance(value, str):
             raise self.fail(field_name, f"is {_type_name(value)}, expected a string",
                             "write the text as a JSON string")
-        return value
+        return self.encodable(field_name, value)
+
+    def encodable(self, field_name: str, text: str, part: str = "") -> str:
+        """`text` itself, or DataError when it holds a lone surrogate ("\\ud800", which JSON allows): that is not
+        text, so no tokenizer encodes it and no UTF-8 file holds it."""
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError as error:
+            raise self.fail(field_name, f"{part}holds a lone surrogate {_short(text[error.start])} at character "
+                            f"{error.start + 1}, half of a UTF-16 pair and not text",
+                            "write the whole character (the pair \\ud83d\\ude00 is one emoji) or remove it") from None
+        return text
 
     def messages(self, field_name: str, value) -> list[dict]:
         if not isinstance(value, list):
@@ -660,6 +676,7 @@ class _Record:
             if not isinstance(content, str):
                 raise self.fail(field_name, f"message {number} has content that is {_type_name(content)}, "
                                 "expected a string", "write the content as a string")
+            self.encodable(field_name, content, f"message {number} ")
             messages.append({"role": role, "content": content})
         return messages
 
@@ -705,6 +722,7 @@ def _prompt_from_string(rec: _Record, field_name: str, prompt: str) -> tuple[lis
 
     An HH-looking prompt is parsed into its turns; any other string is one user message, unaltered.
     """
+    rec.encodable(field_name, prompt)
     if not _looks_like_hh(prompt):
         return [{"role": "user", "content": prompt}], False
     open_turn = prompt.endswith(_ASSISTANT)
@@ -891,8 +909,10 @@ def _subset(rec: _Record) -> str | None:
     if fields.subset not in rec.record and not fields.subset_required:
         return None
     value = rec.value(fields.subset)
-    if value is None or isinstance(value, str):
-        return value
+    if value is None:
+        return None
+    if isinstance(value, str):
+        return rec.encodable(fields.subset, value)
     raise rec.fail(fields.subset, f"is {_type_name(value)}, expected a string", "write the subset name as text")
 
 
@@ -904,10 +924,41 @@ def _pair_id(rec: _Record, source_name: str, number: int) -> str:
     if value == "":
         raise rec.fail(id_field, "is an empty string", "give every pair an id, or pass id_field=None to "
                        "number the pairs by line")
-    if isinstance(value, str) or (isinstance(value, int) and not isinstance(value, bool)):
+    if isinstance(value, str):
+        return rec.encodable(id_field, value)
+    if isinstance(value, int) and not isinstance(value, bool):
         return str(value)
     raise rec.fail(id_field, f"is {_type_name(value)}, expected a string or an integer",
                    "fix the ids, or pass id_field=None to number the pairs by line")
+
+
+def _check_mapped(rows: _Rows, number: int, record: dict, fields: _Fields, first: bool) -> None:
+    """Each column a *_field setting names must be in `record`. Missing from the first record, the rest are read
+    to tell a name no row has (the setting is wrong) from a gap in some rows (those rows are)."""
+    for setting, column in fields.mapped:
+        if column in record:
+            continue
+        flag, what = "--" + setting.replace("_", "-"), setting.removesuffix("_field")
+        columns = set(record)
+        if first and _no_row_has(rows, column, columns):
+            raise DataError(f"{rows.location(number)}: field {_short(column)} is missing from every row: no such "
+                            f"column (columns: {_names(columns)}); pass the one that holds the {what} to {flag} "
+                            f"or {setting}=")
+        raise DataError(f"{rows.location(number)}: field {_short(column)} is missing (the record has: "
+                        f"{_names(record)}); add it, or pass the column that holds the {what} to {flag} or "
+                        f"{setting}=")
+
+
+def _no_row_has(rows: _Rows, column: str, columns: set) -> bool:
+    """Whether no record left in `rows` has `column`; adds the columns of those read to `columns`."""
+    if rows.uniform:
+        return True
+    for _, record in rows.records:
+        if isinstance(record, dict):
+            if column in record:
+                return False
+            columns.update(record)
+    return True
 
 
 def load_pairs(source, *, format: str = "auto", prompt_field: str | None = None,
@@ -940,10 +991,13 @@ def load_pairs(source, *, format: str = "auto", prompt_field: str | None = None,
     _choice("identical", identical, ("drop", "keep"))
     _choice("prefix_mismatch", prefix_mismatch, ("keep-chosen", "drop"))
     _choice("empty", empty, ("keep", "drop"))
+    given = {"prompt_field": prompt_field, "chosen_field": chosen_field, "rejected_field": rejected_field,
+             "margin_field": margin_field, "subset_field": subset_field}
     fields = _Fields(prompt=prompt_field or "prompt", chosen=chosen_field or "chosen",
                      rejected=rejected_field or "rejected", margin=margin_field or "margin",
                      subset=subset_field or "subset", margin_required=margin_field is not None,
-                     subset_required=subset_field is not None, id=id_field)
+                     subset_required=subset_field is not None, id=id_field,
+                     mapped=tuple((setting, column) for setting, column in given.items() if column))
     rows, named = _open_source(source, split)
     actions = {"identical": identical, "prefix_mismatch": prefix_mismatch, "empty": empty}
     report = LoadReport(rows.name, rows.where, format,
@@ -955,6 +1009,7 @@ def load_pairs(source, *, format: str = "auto", prompt_field: str | None = None,
         if not isinstance(record, dict):
             raise DataError(f"{location}: the record is {_type_name(record)}, expected an object with fields "
                             "like prompt, chosen, rejected; write one JSON object per record")
+        _check_mapped(rows, number, record, fields, first=report.rows == 0)
         if report.format == "auto":  # decided once, from the first record
             report.format = named.format if named else _detect_format(record, fields, location)
         rec = _Record(record, location, report.format, fields, preference)

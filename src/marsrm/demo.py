@@ -10,6 +10,7 @@ import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 
+from marsrm.allocate import STRATEGIES
 from marsrm.config import setting
 from marsrm.pipeline import TrainConfig
 
@@ -20,13 +21,13 @@ class DemoConfig(TrainConfig):
 
     output: str = setting("runs/demo", "demo directory (train/, pool/, compare/)")
     overwrite: bool = setting(True, "replace the previous demo's runs (the pool's paraphrases are reused)")
-    mars_pairs: int = setting(100, "base pairs for the MARS part (paraphrased by the local model)")
-    mars_n: int = setting(2, "paraphrases per response in the demo pool")
+    mars_pairs: int = setting(100, "base pairs for the MARS part (paraphrased by the local model)", ge=1)
+    mars_n: int = setting(2, "paraphrases per response in the demo pool", ge=1)
     mars_strategies: list[str] = setting(["none", "uniform", "west-of-n", "mars", "mars-signed"],
-                                         "strategies compared")
-    mars_seeds: int = setting(3, "seeds per strategy")
-    mars_rounds: int = setting(3, "rounds")
-    mars_budget: int = setting(300, "synthetic pairs per round")
+                                         "strategies compared", choices=list(STRATEGIES))
+    mars_seeds: int = setting(3, "seeds per strategy", ge=1)
+    mars_rounds: int = setting(3, "rounds", ge=1)
+    mars_budget: int = setting(300, "synthetic pairs per round", ge=0)
     mars: bool = setting(True, "run the MARS part after the plain reward model")
 
 

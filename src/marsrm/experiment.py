@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import yaml
 
-from marsrm.config import ConfigError, from_mapping, setting, to_yaml
+from marsrm.config import ConfigError, check_settings, from_mapping, load_yaml, setting, to_yaml
 from marsrm.io import atomic_write_json, atomic_write_text
 
 ACTIONS = ("run", "tables", "list")
@@ -40,14 +40,11 @@ class ExperimentConfig:
     only: list[str] = setting([], "experiments to run (comma-separated names, or a prefix ending in '/'); default: all")
     results: str = setting("results", "where finished runs are recorded (one folder per experiment)")
     runs: str = setting("runs/experiments", "scratch space for pools and run directories (weights; not committed)")
-    workers: int = setting(0, "parallel processes per comparison; 0 = one per 2 CPU cores")
+    workers: int = setting(0, "parallel processes per comparison; 0 = one per 2 CPU cores", ge=0)
     progress: bool = setting(True, "show progress bars")
 
     def validate(self) -> None:
-        if self.action not in ACTIONS:
-            raise ConfigError(f"setting 'action': choose one of {', '.join(ACTIONS)} (got {self.action!r})")
-        if self.workers < 0:
-            raise ConfigError(f"setting 'workers': must be ≥ 0 (got {self.workers})")
+        check_settings(self)
         plan = load_plan(self.plan)
         for name in self.only:
             if not any(_selected(experiment, [name]) for experiment in plan["experiments"]):
@@ -61,12 +58,7 @@ class ExperimentConfig:
 def load_plan(path: str | Path) -> dict:
     """The plan at `path`, checked: pools and experiments are mappings of name → settings."""
     path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"setting 'plan': {path} does not exist")
-    try:
-        plan = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    except yaml.YAMLError as err:
-        raise ConfigError(f"{path}: not valid YAML ({str(err).splitlines()[0]})") from None
+    plan = load_yaml(path, "the plan (setting 'plan')") or {}
     if not isinstance(plan, dict) or set(plan) - {"pools", "experiments"}:
         raise ConfigError(f"{path}: expected a mapping with 'pools' and 'experiments'")
     for section in ("pools", "experiments"):

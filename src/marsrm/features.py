@@ -24,7 +24,7 @@ import torch
 from tqdm.auto import tqdm
 
 from marsrm.io import atomic_write, atomic_write_json
-from marsrm.model import check_no_pickle, load_tokenizer, resolve_backbone
+from marsrm.model import check_no_pickle, load_tokenizer, loading, resolve_backbone
 
 POOLINGS = ("mean", "cls", "last")
 
@@ -192,8 +192,10 @@ class Encoder:
         if self._model is None:
             from transformers import AutoModel
 
-            self._model = AutoModel.from_pretrained(self.backbone, trust_remote_code=self.trust_remote_code,
-                                                    use_safetensors=not self.allow_pickle).to(self.device).eval()
+            with loading(self.backbone):
+                model = AutoModel.from_pretrained(self.backbone, trust_remote_code=self.trust_remote_code,
+                                                  use_safetensors=not self.allow_pickle)
+            self._model = model.to(self.device).eval()
         return self._model
 
     @property

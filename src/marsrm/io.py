@@ -31,14 +31,26 @@ def atomic_write(path: str | os.PathLike, write) -> Path:
     os.close(fd)
     os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600 files; give the result the usual permissions
     try:
-        write(tmp)
-        with open(tmp, "rb+") as handle:
-            os.fsync(handle.fileno())
+        with _naming(path):
+            write(tmp)
+            with open(tmp, "rb+") as handle:
+                os.fsync(handle.fileno())
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
     return path
+
+
+@contextlib.contextmanager
+def _naming(path: Path):
+    """An OSError without a file name (a full disk says only "No space left on device") gets `path` as its own."""
+    try:
+        yield
+    except OSError as err:
+        if err.filename is None and err.strerror:
+            raise type(err)(err.errno, err.strerror, str(path)) from err
+        raise
 
 
 def atomic_write_dir(path: str | os.PathLike, write) -> Path:
@@ -52,7 +64,8 @@ def atomic_write_dir(path: str | os.PathLike, write) -> Path:
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
     os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes 0700 folders
     try:
-        write(tmp)
+        with _naming(path):
+            write(tmp)
         if path.exists():
             shutil.rmtree(path)
         os.replace(tmp, path)

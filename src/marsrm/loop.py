@@ -39,42 +39,26 @@ class RunConfig(TrainConfig):
     pool: str | None = setting(None, "pool directory built by `marsrm augment` for the same data (not needed "
                                "for --strategy none or adaboost)")
     strategy: str = setting("mars", "allocation strategy", choices=list(alloc.STRATEGIES))
-    rounds: int = setting(5, "self-refinement rounds T")
-    budget: int = setting(2000, "synthetic pairs sampled per round B")
-    tau: float | None = setting(None, "temperature τ (mars default 0.1, mars-signed default 0.5)")
+    rounds: int = setting(5, "self-refinement rounds T", ge=1)
+    budget: int = setting(2000, "synthetic pairs sampled per round B", ge=0)
+    tau: float | None = setting(None, "temperature τ (mars default 0.1, mars-signed default 0.5)", ge=0)
     tau_scale: str = setting("raw", "what τ multiplies: raw margins (the paper's form; their scale depends on "
                              "backbone, head and round) or std: margins in units of the round's margin standard "
                              "deviation, so τ means the same concentration on every model",
                              choices=list(alloc.TAU_SCALES))
-    beta: float = setting(1.0, "adaboost: weight ∝ exp(−β·margin)")
+    beta: float = setting(1.0, "adaboost: weight ∝ exp(−β·margin)", ge=0)
     accumulate: bool = setting(False, "keep every round's synthetic sample instead of drawing afresh")
     base_epochs: float = setting(0.0, "epochs on the base pairs alone before round 1, so the first margins come from "
-                                 "a trained model instead of an untrained one")
+                                 "a trained model instead of an untrained one", ge=0)
     pool_memory: str = setting("2GiB", "memory the pool may take loaded whole (e.g. 500MB, 2GiB); a pool estimated "
                                "larger is read from disk as rounds sample it, with the same results")
-    round_resamples: int = setting(200, "bootstrap resamples for the per-round intervals")
+    round_resamples: int = setting(200, "bootstrap resamples for the per-round intervals", ge=1)
     resume: bool = setting(False, "continue the run in --output from its last completed round")
     output: str = setting("runs/mars", "run directory (config.yaml, metrics.jsonl, rounds/, checkpoints/, "
                           "model/, results.json)")
 
     def validate(self) -> None:
         super().validate()
-        if self.rounds < 1:
-            raise ConfigError(f"setting 'rounds': must be at least 1 (got {self.rounds})")
-        if self.budget < 0:
-            raise ConfigError(f"setting 'budget': must be ≥ 0 (got {self.budget})")
-        if self.tau is not None and not (np.isfinite(self.tau) and self.tau >= 0):
-            raise ConfigError(f"setting 'tau': must be a finite number ≥ 0 (got {self.tau})")
-        if self.tau_scale not in alloc.TAU_SCALES:
-            raise ConfigError(f"setting 'tau_scale': choose one of {', '.join(alloc.TAU_SCALES)} "
-                              f"(got {self.tau_scale!r})")
-        if self.beta < 0:
-            raise ConfigError(f"setting 'beta': must be ≥ 0 (got {self.beta})")
-        if not (np.isfinite(self.base_epochs) and self.base_epochs >= 0):
-            raise ConfigError(f"setting 'base_epochs': must be a finite number ≥ 0 (got {self.base_epochs})")
-        if self.strategy not in alloc.STRATEGIES:
-            raise ConfigError(f"setting 'strategy': unknown strategy '{self.strategy}' "
-                              f"(known: {', '.join(alloc.STRATEGIES)})")
         parse_size(self.pool_memory, "pool_memory")
 
     @property
@@ -315,13 +299,15 @@ def run(config: RunConfig, echo=print, pool=None) -> dict:
     if strategy_needs_pool(config) and pool is None and not config.pool:
         raise ConfigError(f"setting 'pool': strategy '{config.strategy}' samples variants; build a pool with "
                           "`marsrm augment` and pass --pool DIR")
+    split = load_split(config, echo)  # the data's own errors come before any output or weights
     # An overwritten run is replaced only once the new one has finished (`run_directory`).
     with run_directory(config.output, overwrite=config.overwrite, resume=config.resume) as run_dir:
-        return _rounds(config, run_dir, echo, pool)
+        return _rounds(config, run_dir, echo, pool, split)
 
 
-def _rounds(config: RunConfig, run_dir: Path, echo, pool) -> dict:
-    """`run` inside its locked run directory `run_dir`: config, rounds (or the rest of them), final evaluation."""
+def _rounds(config: RunConfig, run_dir: Path, echo, pool, loaded) -> dict:
+    """`run` inside its locked run directory `run_dir`: config, rounds (or the rest of them), final evaluation.
+    loaded: `load_split(config)`."""
     start_round, step = 1, 0
     if config.resume:
         start_round, step = _resume_point(config, run_dir)
@@ -330,7 +316,7 @@ def _rounds(config: RunConfig, run_dir: Path, echo, pool) -> dict:
         atomic_write_text(run_dir / "config.yaml", to_yaml(config))
         atomic_write_json(run_dir / "fingerprint.json", config_fingerprint(config))
 
-    split, reports = load_split(config, echo)
+    split, reports = loaded
     base = split.train
     pool = open_base_pool(config, base, pool, echo)
     if pool.sizes.any():

