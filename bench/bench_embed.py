@@ -139,7 +139,8 @@ def main(argv=None) -> int:
     from marsrm import metrics
     from marsrm.data import load_pairs
     from marsrm.features import Encoder
-    from marsrm.model import format_texts, load_tokenizer, resolve_backbone
+    from marsrm.model import format_texts
+    from marsrm.runtime import load_tokenizer, resolve_backbone
 
     backbone = resolve_backbone(None)
     tokenizer = load_tokenizer(backbone)

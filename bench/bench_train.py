@@ -86,7 +86,8 @@ def make_config(args):
 
 def fresh_model(config, dropout: bool = True):
     """What `marsrm train --mode full` builds: the seeded, newly initialised reward model."""
-    from marsrm.model import ModelSpec, new_full_model, resolve_backbone
+    from marsrm.model import ModelSpec, new_full_model
+    from marsrm.runtime import resolve_backbone
 
     spec = ModelSpec(mode="full", backbone=resolve_backbone(config.backbone), max_length=config.max_length,
                      template=config.template)
@@ -251,7 +252,8 @@ def main(argv=None) -> int:
 
     hf_logging.set_verbosity_error()
     from marsrm import metrics
-    from marsrm.pipeline import load_split, token_examples
+    from marsrm.learners import token_examples
+    from marsrm.pipeline import load_split
 
     config = make_config(args)
     config.validate()

@@ -163,7 +163,8 @@ def model_dir_cases(tmp: Path) -> list[dict]:
     import torch
 
     import test_model_dirs
-    from marsrm.model import HeadRewardModel, ModelSpec, ScalarHead, new_full_model, resolve_backbone
+    from marsrm.model import HeadRewardModel, ModelSpec, ScalarHead, new_full_model
+    from marsrm.runtime import resolve_backbone
 
     saved = tmp / "saved"
     torch.manual_seed(0)
@@ -272,7 +273,7 @@ def injected(kind: str | None):
         return
     from marsrm import pipeline
 
-    real = pipeline.make_learner
+    real = pipeline.make_learner  # looked up in pipeline's namespace
 
     def faulty(*args, **kwargs):
         if kind == "enospc":

@@ -22,8 +22,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from transformers import AutoModelForCausalLM
 
-    from marsrm.bon import load_causal_lm
-    from marsrm.pool.local import resolve_model
+    from marsrm.lm import load_causal_lm, resolve_model
 
     model, tokenizer = load_causal_lm(*resolve_model(args.model), dtype="fp32")
     config = model.config

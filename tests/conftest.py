@@ -19,7 +19,7 @@ def _private_cache(tmp_path_factory, monkeypatch):
 
 @pytest.fixture(scope="session")
 def minilm_path():
-    from marsrm.model import resolve_backbone
+    from marsrm.runtime import resolve_backbone
 
     return resolve_backbone(None)
 

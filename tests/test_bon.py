@@ -8,9 +8,10 @@ import yaml
 
 from marsrm.bon import (BonConfig, Samples, best_of_n, best_of_n_scores, check_ns, format_result,
                         generate_samples, held_out_prompts, model_names, pick, prompt_key, remove_overlap,
-                        row_seed, training_prompts, win_rate_of)
+                        row_seed, training_prompts)
 from marsrm.cli import main
 from marsrm.config import ConfigError
+from marsrm.metrics import win_rate_of
 from marsrm.model import ModelSpec, RewardModel
 
 TOPICS = ["basil", "bread", "tea", "rice", "eggs", "coffee", "pasta", "soup", "beans", "salad", "toast", "jam",
@@ -207,9 +208,8 @@ def test_smollm2_backbone_example_writes_the_same_model_as_a_plain_directory(tmp
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from marsrm.bon import load_causal_lm
     from marsrm.features import Encoder
-    from marsrm.pool.local import resolve_model
+    from marsrm.lm import load_causal_lm, resolve_model
 
     script = Path(__file__).resolve().parents[1] / "examples" / "smollm2_backbone.py"
     spec = importlib.util.spec_from_file_location("smollm2_backbone", script)
@@ -277,7 +277,7 @@ def test_sample_cache_resumes_extends_and_refuses_other_settings(tmp_path):
 
 def test_long_prompts_lose_their_earliest_turns_first(minilm_path):
     from marsrm.bon import Policy
-    from marsrm.model import load_tokenizer
+    from marsrm.runtime import load_tokenizer
 
     policy = Policy("smollm2", max_prompt_tokens=24)
     policy.model, policy.tokenizer = object(), load_tokenizer(minilm_path)  # no chat template: HH text

@@ -73,3 +73,22 @@ def test_train_full_mode_writes_a_standard_model(tmp_path, hh_dir, monkeypatch):
     assert model.config.num_labels == 1
     manifest = json.loads((run / "model" / "marsrm.json").read_text())
     assert manifest["spec"]["normalization"]["std"] > 0
+
+
+def test_python_dash_m_marsrm_is_the_command_line():
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-m", "marsrm", "--version"], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and done.stdout.startswith("marsrm ")
+
+
+def test_help_gives_no_default_none_and_the_loop_s_own_epochs(capsys):
+    from marsrm.cli import _commands
+
+    for command in _commands():
+        assert main([command, "--help"]) == 0
+        text = " ".join(capsys.readouterr().out.split())
+        assert "(default: None)" not in text, command
+        if command in ("run", "compare"):
+            assert "--epochs EPOCHS epochs on each round's base ∪ sample (default: 1, as in the paper)" in text

@@ -13,7 +13,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from marsrm import data
+from marsrm.data import sources
 from marsrm.data import (DataError, PreferencePair, load_pairs, pairs_to_records, resolve_source,
                          save_pairs_jsonl, split_pairs, to_hh_text)
 
@@ -41,7 +41,7 @@ PAIRS = [
 ]
 
 
-REAL_LOAD_HUB_DATASET = data._load_hub_dataset
+REAL_LOAD_HUB_DATASET = sources._load_hub_dataset
 
 
 @pytest.fixture(autouse=True)
@@ -50,7 +50,7 @@ def no_hub(monkeypatch):
     def refuse(name, **kwargs):
         raise DataError("hub disabled in tests")
 
-    monkeypatch.setattr(data, "_load_hub_dataset", refuse)
+    monkeypatch.setattr(sources, "_load_hub_dataset", refuse)
 
 
 @pytest.fixture
@@ -369,7 +369,7 @@ def test_named_source_falls_back_to_the_hub(tmp_path, monkeypatch):
         calls.append((name, kwargs))
         return datasets.Dataset.from_list(fixture_records("hh-rlhf/helpful-base-test.jsonl"))
 
-    monkeypatch.setattr(data, "_load_hub_dataset", hub)
+    monkeypatch.setattr(sources, "_load_hub_dataset", hub)
     result = load_pairs("hh-rlhf/harmless-base")
     assert calls == [("Anthropic/hh-rlhf", {"data_dir": "harmless-base", "split": "test"})]
     assert result.pairs[0].id == "hh-rlhf/harmless-base:1" and result.pairs[0].subset == "harmless-base"

@@ -27,7 +27,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from marsrm import data
+from marsrm.data import formats, readers
 from marsrm.data import ROLES, DataError, LoadResult, PreferencePair, load_pairs, save_pairs_jsonl
 
 KINDS = ("jsonl", "jsonl.gz", "json", "csv", "parquet")
@@ -557,7 +557,7 @@ def test_found_a_read_that_fails_is_a_data_error(monkeypatch):
     def failing_open(path, mode="r", *args, **kwargs):
         raise OSError(5, "Input/output error")
 
-    monkeypatch.setattr(data, "open", failing_open, raising=False)
+    monkeypatch.setattr(readers, "open", failing_open, raising=False)
     with example_file("gone.jsonl", b"{}") as path:
         error = check_load(path, "jsonl")
     assert str(error) == "gone.jsonl: cannot read it ([Errno 5] Input/output error)"
@@ -627,7 +627,7 @@ def test_a_save_that_fails_midway_leaves_the_old_file_or_none(previous, fail_aft
         return real_dumps(*args, **kwargs)
 
     with monkeypatch.context() as patch:
-        patch.setattr(data.json, "dumps", failing_dumps)
+        patch.setattr(formats.json, "dumps", failing_dumps)
         with pytest.raises(RuntimeError, match="serializer failed"):
             save_pairs_jsonl(SAVED, path)
     assert folder_state(tmp_path) == before

@@ -71,7 +71,7 @@ def test_an_overwrite_that_fails_keeps_the_old_run_whole_and_one_that_succeeds_r
 
 
 def test_an_overwrite_interrupted_mid_training_keeps_the_old_run(tmp_path, monkeypatch):
-    import marsrm.pipeline
+    import marsrm.learners
 
     runs = tmp_path / "runs"
     argv = [*COMMANDS["train"], "--output", str(runs / "rm")]
@@ -81,7 +81,7 @@ def test_an_overwrite_interrupted_mid_training_keeps_the_old_run(tmp_path, monke
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(marsrm.pipeline.HeadLearner, "fit", interrupted)
+    monkeypatch.setattr(marsrm.learners.HeadLearner, "fit", interrupted)
     assert main([*argv, "--overwrite"]) == 130
     assert tree(runs / "rm") == before and sorted(p.name for p in runs.iterdir()) == ["rm"]
 

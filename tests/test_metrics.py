@@ -265,6 +265,80 @@ def test_paired_bootstrap_is_reproducible():
     assert paired_bootstrap(margins_a, margins_b, seed=5) != paired_bootstrap(margins_a, margins_b, seed=6)
 
 
+def test_paired_bootstrap_of_differences_is_the_one_level_bootstrap_of_the_mean_difference():
+    rng = np.random.default_rng(12)
+    shares_a, shares_b = rng.integers(0, 6, 300) / 5, rng.integers(0, 6, 300) / 5  # per pair: share of 5 seeds right
+    paired = paired_bootstrap(shares_a, shares_b, stat=np.mean, of_differences=True, n_resamples=300, seed=4)
+    assert paired.as_dict() == bootstrap_ci(np.mean, shares_a - shares_b, n_resamples=300, seed=4).as_dict()
+    of_statistics = paired_bootstrap(shares_a, shares_b, stat=np.mean, n_resamples=300, seed=4)
+    assert (of_statistics.estimate, of_statistics.low, of_statistics.high) == pytest.approx(
+        (paired.estimate, paired.low, paired.high), abs=1e-12)  # the same draws; only the rounding differs
+
+
+# --- the two-level bootstrap -------------------------------------------------------------------------------
+
+
+def _resampled_means_one_by_one(values, n_resamples, seed):
+    """The two-level bootstrap written out resample by resample: the contract of `resampled_means`."""
+    unit_rng, run_rng = np.random.default_rng(seed), np.random.default_rng([seed, 1])
+    means = []
+    for _ in range(n_resamples):
+        sample = values[unit_rng.integers(0, len(values), len(values))]
+        for axis in range(1, values.ndim):
+            if values.shape[axis] > 1:
+                sample = np.take(sample, run_rng.integers(0, values.shape[axis], values.shape[axis]), axis=axis)
+        means.append(sample.mean())
+    return np.array(means)
+
+
+@pytest.mark.parametrize("shape", [(40,), (40, 1), (40, 3), (33, 2, 3), (20, 1, 4), (300, 5)])
+def test_resampled_means_redraws_units_then_each_run_axis(shape):
+    values = np.random.default_rng(13).normal(size=shape)
+    got = metrics.resampled_means(values, n_resamples=600, seed=7)
+    np.testing.assert_allclose(got, _resampled_means_one_by_one(values, 600, 7), rtol=0, atol=1e-12)
+
+
+def test_resampled_means_share_the_pair_draws_of_the_one_level_bootstrap():
+    values = np.random.default_rng(14).normal(size=500)
+    (one_level,) = metrics._replicates([(mean_margin, [values])], 700, 3)
+    np.testing.assert_allclose(metrics.resampled_means(values, 700, 3), one_level, rtol=0, atol=1e-12)
+
+
+def test_paired_seed_bootstrap_is_the_two_level_mean_difference():
+    rng = np.random.default_rng(15)
+    right_a, right_b = rng.random((200, 4)) > 0.3, rng.random((200, 4)) > 0.4
+    two = metrics.paired_seed_bootstrap(right_a, right_b, n_resamples=400, seed=2)
+    replicates = metrics.resampled_means(right_a.astype(float) - right_b, 400, 2)
+    assert (two["low"], two["high"]) == metrics.percentiles(replicates, 0.95)
+    assert two["value"] == pytest.approx(right_a.mean() - right_b.mean()) and two["n_seeds"] == 4
+    with pytest.raises(ValueError, match="non-empty"):
+        metrics.resampled_means(np.zeros((0, 3)))
+
+
+# --- best-of-N win rates and reward units ------------------------------------------------------------------
+
+
+def test_a_win_rate_stored_the_other_way_round_is_flipped():
+    stored = {"b vs a": {"4": {"value": 0.3, "low": 0.2, "high": 0.45, "n": 9,
+                               "gold_difference": {"estimate": -0.5, "low": -0.9, "high": -0.1,
+                                                   "share_a_better": 0.01, "n": 9}}}}
+    assert metrics.win_rate_of(stored, "b", "a", 4) is stored["b vs a"]["4"]
+    flipped = metrics.win_rate_of(stored, "a", "b", 4)
+    assert (flipped["value"], flipped["low"], flipped["high"]) == pytest.approx((0.7, 0.55, 0.8))
+    assert flipped["gold_difference"] == pytest.approx({"estimate": 0.5, "low": 0.1, "high": 0.9,
+                                                        "share_a_better": 0.99, "n": 9})
+    assert metrics.win_rate_of(stored, "a", "b", 8) is None
+
+
+def test_reward_normalization_gives_mean_zero_std_one_on_the_training_rewards():
+    chosen, rejected = np.array([1.0, 3.0, 2.0]), np.array([0.0, -2.0, 2.0])
+    units = metrics.reward_normalization(chosen, rejected)
+    assert units == pytest.approx({"mean": 1.0, "std": np.std(np.r_[chosen, rejected])})
+    normalized = metrics.normalize_rewards(np.r_[chosen, rejected], units)
+    assert normalized.mean() == pytest.approx(0.0) and normalized.std() == pytest.approx(1.0)
+    assert metrics.normalize_rewards(np.array([2.0]), {"mean": 2.0, "std": 0.0}) == pytest.approx([0.0])
+
+
 # --- the full report and RewardBench sections ---------------------------------------------------------------
 
 

@@ -6,7 +6,8 @@ import torch
 
 from marsrm import load_reward_model
 from marsrm.model import (HeadRewardModel, ModelError, ModelSpec, ScalarHead, count_truncation, export_head_model,
-                          format_texts, load_tokenizer, new_full_model)
+                          format_texts, new_full_model)
+from marsrm.runtime import load_tokenizer
 
 PROMPTS = [({"role": "user", "content": "How do I boil an egg?"},),
            ({"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello!"},

@@ -11,8 +11,8 @@ import pytest
 import torch
 
 from marsrm.cli import main
-from marsrm.model import (HeadRewardModel, ModelError, ModelSpec, ScalarHead, load_reward_model, new_full_model,
-                          resolve_backbone)
+from marsrm.model import HeadRewardModel, ModelError, ModelSpec, ScalarHead, load_reward_model, new_full_model
+from marsrm.runtime import resolve_backbone
 
 DATA = Path(__file__).parent / "fixtures" / "data" / "hh-rlhf" / "helpful-base-test.jsonl"
 

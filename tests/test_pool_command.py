@@ -127,7 +127,7 @@ def test_the_export_trains_with_trls_reward_trainer(tmp_path):
     from transformers import AutoModelForSequenceClassification
     from trl import RewardConfig, RewardTrainer
 
-    from marsrm.model import load_tokenizer, resolve_backbone
+    from marsrm.runtime import load_tokenizer, resolve_backbone
 
     augment(config(tmp_path, targets="responses", export=str(tmp_path / "trl.jsonl"), export_format="pairs",
                    export_variants=1), echo=lambda *_: None)

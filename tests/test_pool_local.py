@@ -2,7 +2,8 @@
 import pytest
 import torch
 
-from marsrm.pool.local import LocalParaphraser, RowBudget, SeededSampler, resolve_model, smollm2_path
+from marsrm.lm import RowBudget, SeededSampler, resolve_model, smollm2_path
+from marsrm.pool.local import LocalParaphraser
 from marsrm.pool.paraphrase import PoolError, Task
 
 
@@ -38,7 +39,7 @@ def test_settings_change_with_decoding_and_model_but_not_with_batch_size():
 
 
 def test_only_fp32_promises_outputs_independent_of_batching():
-    from marsrm.features import cpu_has_bf16
+    from marsrm.runtime import cpu_has_bf16
 
     assert LocalParaphraser(dtype="fp32").batch_invariant
     assert not LocalParaphraser(dtype="bf16").batch_invariant
@@ -122,7 +123,7 @@ def tiny_t5(tmp_path_factory):
     """A randomly initialised, tiny T5 with MiniLM's tokenizer: the seq2seq path, offline."""
     from transformers import AutoTokenizer, T5Config, T5ForConditionalGeneration
 
-    from marsrm.model import resolve_backbone
+    from marsrm.runtime import resolve_backbone
 
     directory = tmp_path_factory.mktemp("tiny-t5")
     tokenizer = AutoTokenizer.from_pretrained(resolve_backbone(None))

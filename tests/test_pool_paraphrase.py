@@ -6,9 +6,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from marsrm.pool.backends import make_paraphraser
 from marsrm.pool.filter import FilterSettings, cheap_verdict, cosine_rows, count_reasons, judge
-from marsrm.pool.paraphrase import (PoolError, clean_output, derive_seed, join_segments, make_paraphraser,
-                                    split_segments, token_budget, word_count)
+from marsrm.pool.paraphrase import (PoolError, clean_output, derive_seed, join_segments, split_segments,
+                                    token_budget, word_count)
 from marsrm.pool.store import ParaphraseStore, entry_key, settings_key
 
 quick = settings(max_examples=80, deadline=None)

@@ -47,6 +47,14 @@ def test_a_setting_added_since_matches_when_left_at_its_default():
         "tau_scale: (not set) → 'std'"]
 
 
+def test_changed_settings_names_each_difference_once_in_order():
+    saved = {"temperature": 0.7, "top_k": 50, "retired": 1}
+    current = {"top_k": 40, "temperature": 0.7, "added": "x", "quiet": 0}
+    assert record.changed_settings(saved, current, at_default={"quiet"}) == [
+        "added: (not set) → 'x'", "top_k: 50 → 40"]
+    assert record.changed_settings(saved, current, ignore={"top_k", "added", "quiet"}) == []
+
+
 def test_nested_settings_sections_flatten_to_the_same_names():
     @dataclasses.dataclass
     class Strategy:
@@ -81,7 +89,7 @@ def test_pool_identity_is_how_the_pool_was_built_not_where_it_lies(tmp_path):
 def test_auto_precision_is_fingerprinted_as_this_machine_resolves_it():
     import torch
 
-    from marsrm.features import resolve_dtype
+    from marsrm.runtime import resolve_dtype
     from marsrm.train import resolve_mixed_precision
 
     head = record.fingerprint(RunConfig(strategy="uniform", embed_dtype="auto"))

@@ -564,7 +564,8 @@ def test_remote_code_is_off_unless_the_caller_turns_it_on(tmp_path):
     import pkgutil
 
     import marsrm
-    from marsrm.model import ScalarHead, load_reward_model, resolve_backbone
+    from marsrm.model import ScalarHead, load_reward_model
+    from marsrm.runtime import resolve_backbone
 
     defaults = {}
     for module_info in pkgutil.walk_packages(marsrm.__path__, "marsrm."):

@@ -24,7 +24,35 @@ def test_bradley_terry_loss_values():
     weighted = bradley_terry_loss(chosen, rejected, weight=torch.tensor([0.0, 3.0]))
     assert weighted[0] == 0 and torch.isclose(weighted[1], torch.tensor(3 * np.log(2.0), dtype=torch.float32))
     centered = bradley_terry_loss(chosen, rejected, center_coefficient=0.5)
-    assert torch.isclose(centered[0] - loss[0], torch.tensor(0.5 * 4 / 2))
+    assert torch.isclose(centered[0] - loss[0], torch.tensor(0.5 * (2.0 + 0.0) ** 2))
+
+
+def test_centering_and_margin_match_trl_reward_trainer_on_the_same_tensors():
+    """TRL's own `RewardTrainer.compute_loss`, run on fixed rewards, equals the batch mean of ours."""
+    from collections import defaultdict
+    from types import SimpleNamespace
+
+    from trl import RewardTrainer
+
+    generator = torch.Generator().manual_seed(0)
+    chosen, rejected = torch.randn(6, generator=generator) * 2, torch.randn(6, generator=generator) * 2
+    margin = torch.rand(6, generator=generator)
+
+    class FixedRewards(torch.nn.Module):
+        def forward(self, **inputs):
+            return SimpleNamespace(logits=torch.cat([chosen, rejected]).unsqueeze(-1))
+
+    identity = SimpleNamespace(gather=lambda x: x, gather_for_metrics=lambda x: x)
+    for coefficient, with_margin in ((0.01, False), (0.3, True), (None, True)):
+        model = FixedRewards().eval()
+        trainer = SimpleNamespace(model=model, args=SimpleNamespace(center_rewards_coefficient=coefficient),
+                                  accelerator=identity, _metrics={"eval": defaultdict(list)},
+                                  _total_train_tokens=0, _tp_size=1)
+        inputs = {"attention_mask": torch.ones(12, 3)} | ({"margin": margin} if with_margin else {})
+        theirs = RewardTrainer.compute_loss(trainer, model, inputs)
+        ours = bradley_terry_loss(chosen, rejected, margin=margin if with_margin else None,
+                                  center_coefficient=coefficient or 0.0).mean()
+        assert torch.isclose(ours, theirs, rtol=1e-6), (coefficient, ours, theirs)
 
 
 def test_length_grouped_batches_cover_every_pair_once_and_group_lengths():
@@ -129,7 +157,7 @@ def test_an_accelerator_of_another_precision_earlier_in_the_process_does_not_blo
 
 
 def test_auto_mixed_precision_is_bf16_exactly_where_the_cpu_computes_it_natively():
-    from marsrm.features import cpu_has_bf16
+    from marsrm.runtime import cpu_has_bf16
     from marsrm.train import make_accelerator, resolve_mixed_precision
 
     expected = "bf16" if cpu_has_bf16() else "no"

@@ -9,6 +9,9 @@ set), so the loop asks the record instead of branching on names.
 
 ``sample_variants`` turns counts into concrete variants of each pair's pool, and the summary
 statistics at the bottom describe one round's allocation.
+
+Long because every strategy of MARS.md lives here, each a small pure function beside the table
+(`STRATEGIES`) that names it and says what the loop must do for it.
 """
 from __future__ import annotations
 

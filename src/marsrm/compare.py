@@ -150,7 +150,8 @@ def _compare(config: CompareConfig, echo, pool, split) -> dict:
             for future in as_completed(futures):
                 echo("{} seed {}: {}".format(*future.result()))
 
-    summary = summarise(config)
+    runs = load_runs(config)
+    summary = summarise(config, runs)
     if config.record:
         atomic_write_text(Path(config.record) / "config.yaml", to_yaml(config))
         atomic_write_json(Path(config.record) / "summary.json", summary)
@@ -162,9 +163,9 @@ def _compare(config: CompareConfig, echo, pool, split) -> dict:
         summary["bon"] = {"ns": result["ns"], "prompts": result["prompts"], "curve": result["curve"],
                           "win_rate": result["win_rate"], "results": str(out / "bon" / "results.json")}
     atomic_write_json(out / "summary.json", summary)
-    from marsrm.report import write_report
+    from marsrm.report import format_summary, write_report
 
-    report = write_report(config, summary)
+    report = write_report(config, summary, runs)
     echo(format_summary(summary))
     echo(f"report: {report}")
     return summary
@@ -174,17 +175,18 @@ def _prewarm(config: CompareConfig, split, echo, pool=None) -> None:
     """Head mode: embed base, held-out and pool texts once, so parallel runs only read the cache."""
     if config.mode != "head":
         return
+    from marsrm.learners import make_learner
     from marsrm.loop import BasePool
-    from marsrm.pipeline import build_model, make_learner
+    from marsrm.pipeline import build_model
 
     needs_pool = any(alloc.STRATEGIES[s].augments for s in config.strategies) and config.budget > 0
     pool = open_base_pool(config, split.train, pool, echo) if needs_pool else BasePool.empty(split.train)
     learner = make_learner(build_model(config), progress=config.progress)
     held = split.train + split.val + split.eval
     echo(f"embedding {2 * (len(held) + int(pool.sizes.sum()))} texts (cached for every run)")
-    learner.embed(held)
+    learner.prepare(held)
     for chunk in pool.chunks():  # a pool over `pool_memory` is streamed here too
-        learner.embed(chunk)
+        learner.prepare(chunk)
 
 
 def load_runs(config: CompareConfig) -> dict:
@@ -204,9 +206,11 @@ def load_runs(config: CompareConfig) -> dict:
     return runs
 
 
-def summarise(config: CompareConfig) -> dict:
-    """Per-strategy metrics over seeds, and each strategy against the baseline on the same held-out pairs."""
-    runs = load_runs(config)
+def summarise(config: CompareConfig, runs: dict | None = None) -> dict:
+    """Per-strategy metrics over seeds, and each strategy against the baseline on the same held-out pairs.
+
+    runs: `load_runs(config)`, read here when not given."""
+    runs = load_runs(config) if runs is None else runs
     ids = runs[config.baseline][0]["eval_ids"]
     for strategy, results in runs.items():
         if any(r["eval_ids"] != ids for r in results):
@@ -222,8 +226,8 @@ def summarise(config: CompareConfig) -> dict:
             entry["val_accuracy"] = metrics.seed_interval([r["val"]["accuracy"]["value"] for r in results])
         entry["allocation"] = allocation_by_round(results)
         if strategy != config.baseline:
-            difference = correct[strategy] - correct[config.baseline]
-            interval = metrics.bootstrap_ci(np.mean, difference, n_resamples=config.n_resamples, seed=config.seed)
+            interval = metrics.paired_bootstrap(correct[strategy], correct[config.baseline], stat=np.mean,
+                                                of_differences=True, n_resamples=config.n_resamples, seed=config.seed)
             ours = [r["eval"]["accuracy"]["value"] for r in results]
             theirs = [r["eval"]["accuracy"]["value"] for r in runs[config.baseline]]
             entry["vs_baseline"] = {"accuracy_difference": interval.as_dict(),
@@ -251,19 +255,3 @@ def allocation_by_round(results: list[dict]) -> dict:
         if all(v is not None for row in values for v in row) and len({len(row) for row in values}) == 1:
             table[key] = [float(v) for v in np.mean(np.array(values, dtype=np.float64), axis=0)]
     return table
-
-
-def format_summary(summary: dict) -> str:
-    lines = [f"held-out pairs: {summary['eval_pairs']} · seeds: {summary['seeds']} · "
-             f"paired against: {summary['baseline']}",
-             f"{'strategy':<13}{'accuracy (95% over seeds)':<30}{'auc':>8}{'Δacc vs ' + summary['baseline']:>20}"
-             f"{'95% paired':>22}{'seeds won':>11}"]
-    for name, entry in summary["strategies"].items():
-        acc, auc = entry["accuracy"], entry["auc"]
-        line = f"{name:<13}{acc['mean']:.4f} [{acc['low']:.4f}, {acc['high']:.4f}]{'':<6}{auc['mean']:>8.4f}"
-        if "vs_baseline" in entry:
-            diff = entry["vs_baseline"]["accuracy_difference"]
-            interval = f"[{diff['low']:+.4f}, {diff['high']:+.4f}]"
-            line += f"{diff['value']:>+20.4f}{interval:>22}{entry['vs_baseline']['seeds_won']:>11.2f}"
-        lines.append(line)
-    return "\n".join(lines)

@@ -195,7 +195,12 @@ def build_parser(cls, parser: argparse.ArgumentParser) -> argparse.ArgumentParse
         kind, optional = _base_type(hints[f.name])
         flag = "--" + f.name.replace("_", "-")
         default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
-        help_text = f"{f.metadata.get('help', '')} (default: {default})".replace("%", "%%")  # argparse formats help
+        help_text = f.metadata.get("help", "")
+        if default is not None:
+            help_text += f" (default: {default})"
+        elif not any(word in help_text for word in ("default", "none")):  # else the help says what None means
+            help_text += " (default: none)"
+        help_text = help_text.replace("%", "%%")  # argparse formats help
         if kind is bool:
             parser.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction, default=None, help=help_text)
         else:  # read as text here; `from_mapping` reads it as the field's type, so a flag and YAML fail alike

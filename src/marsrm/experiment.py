@@ -152,7 +152,7 @@ def run_experiment(config: ExperimentConfig, plan: dict, name: str, echo=print) 
 
 def write_tables(config: ExperimentConfig, plan: dict, names: list[str], echo=print) -> dict:
     """summary.json of every fully recorded experiment and TABLES.md, from the recorded runs alone."""
-    from marsrm.compare import summarise
+    from marsrm.compare import load_runs, summarise
 
     sections, status = [], {}
     for name in names:
@@ -162,11 +162,12 @@ def write_tables(config: ExperimentConfig, plan: dict, names: list[str], echo=pr
             status[name] = f"{done}/{planned} runs recorded"
             sections.append(f"## {name}\n\n{status[name]}: no table yet.\n")
             continue
-        summary = summarise(settings)
+        runs = load_runs(settings)
+        summary = summarise(settings, runs)
         atomic_write_json(Path(settings.record) / "summary.json", summary)
         atomic_write_text(Path(settings.record) / "config.yaml", to_yaml(settings))
         sections.append(experiment_table(name, plan["experiments"][name].get("description"), settings, summary))
-        sections.append(efficiency_table(settings))
+        sections.append(efficiency_table(settings, runs))
         status[name] = "table"
     out = Path(config.results) / "TABLES.md"
     header = ["# Tables rebuilt from the recorded runs", "",
@@ -223,15 +224,13 @@ EFFICIENCY_KEYS = (("eval_accuracy", "held-out accuracy"), ("eval_loss", "held-o
                    ("base_loss", "base-pair BT loss"))
 
 
-def efficiency_table(settings) -> str:
+def efficiency_table(settings, runs: dict) -> str:
     """Per round: optimizer steps and, for each strategy, held-out accuracy and the BT loss on the held-out and the
     base pairs after that round's training (mean over seeds), with the paired difference against the baseline
     (same seed, same round, so the same number of steps for strategies with the same budget; t-interval over
-    seeds). A strategy's training loss is on its own sample, so it is not compared."""
-    from marsrm.compare import load_runs
+    seeds). A strategy's training loss is on its own sample, so it is not compared. runs: `compare.load_runs`."""
     from marsrm.metrics import seed_interval
 
-    runs = load_runs(settings)
     rounds = {s: [r.get("rounds_log") or [] for r in results] for s, results in runs.items()}
     if not all(run and all(key in run[0] for key, _ in EFFICIENCY_KEYS) for logs in rounds.values() for run in logs):
         return "Per-round efficiency: not recorded by these runs (made before the loop logged losses).\n"

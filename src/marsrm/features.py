@@ -14,7 +14,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import sys
 import uuid
 from contextlib import nullcontext
 from pathlib import Path
@@ -24,52 +23,14 @@ import torch
 from tqdm.auto import tqdm
 
 from marsrm.io import atomic_write, atomic_write_json
-from marsrm.model import check_no_pickle, load_tokenizer, loading, resolve_backbone
+from marsrm.runtime import (backbone_identity, check_no_pickle, default_device, load_tokenizer, loading,
+                            resolve_backbone, resolve_dtype)
 
 POOLINGS = ("mean", "cls", "last")
 
 
 def cache_root() -> Path:
     return Path(os.environ.get("MARSRM_CACHE", Path.home() / ".cache" / "marsrm"))
-
-
-def cpu_has_bf16() -> bool:
-    """True when this CPU computes bf16 natively (AVX-512 BF16 or AMX), where bf16 autocast pays off."""
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return sys.platform == "darwin" and torch.backends.mps.is_available()
-    return "avx512_bf16" in flags or "amx_bf16" in flags
-
-
-def native_bf16(device: torch.device) -> bool:
-    """True when `device` computes bf16 natively, so that bf16 autocast is faster than fp32 there."""
-    if device.type == "cuda":
-        return torch.cuda.is_bf16_supported()
-    return device.type == "cpu" and cpu_has_bf16()
-
-
-def resolve_dtype(dtype: str, device: torch.device) -> str:
-    """'auto' → 'bf16' where the hardware runs it natively, else 'fp32'."""
-    if dtype not in {"auto", "bf16", "fp32"}:
-        raise ValueError(f"embed_dtype '{dtype}': choose auto, bf16 or fp32")
-    if dtype != "auto":
-        return dtype
-    return "bf16" if native_bf16(device) else "fp32"
-
-
-def backbone_identity(backbone: str) -> str:
-    """A string that changes when the backbone's weights or config change (hub names are taken as given)."""
-    folder = Path(backbone)
-    if not folder.is_dir():
-        return backbone
-    digest = hashlib.sha256()
-    for name in sorted(p.name for p in folder.iterdir() if p.suffix in {".json", ".safetensors"}):
-        stat = (folder / name).stat()
-        digest.update(f"{name}:{stat.st_size}".encode())
-        if name == "config.json":
-            digest.update((folder / name).read_bytes())
-    return f"{folder.name}-{digest.hexdigest()[:16]}"
 
 
 def text_key(text: str) -> bytes:
@@ -174,8 +135,8 @@ class Encoder:
         self.backbone = resolve_backbone(backbone)
         check_no_pickle(self.backbone, allow_pickle)
         self.max_length, self.pooling = max_length, pooling
-        self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-        self.dtype = resolve_dtype(dtype, self.device)
+        self.device = default_device(device)
+        self.dtype = resolve_dtype(dtype, self.device, "embed")
         self.trust_remote_code, self.allow_pickle = trust_remote_code, allow_pickle
         self.tokenizer = load_tokenizer(self.backbone, trust_remote_code=trust_remote_code)
         self._model = None

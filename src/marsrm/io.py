@@ -239,11 +239,14 @@ def _jsonable(value):
     raise TypeError(f"cannot write {type(value).__name__} as JSON")
 
 
+METRICS_FILE = "metrics.jsonl"
+
+
 class MetricsLog:
     """Appends one JSON object per line to `metrics.jsonl`, and mirrors numbers to TensorBoard."""
 
     def __init__(self, run_dir: str | os.PathLike, tensorboard: bool = True):
-        self.path = Path(run_dir) / "metrics.jsonl"
+        self.path = Path(run_dir) / METRICS_FILE
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._writer = None
         if tensorboard:
@@ -271,6 +274,19 @@ class MetricsLog:
             self._writer = None
 
 
-def read_jsonl(path: str | os.PathLike) -> list[dict]:
-    with open(path, encoding="utf-8") as handle:
-        return [json.loads(line) for line in handle if line.strip()]
+def read_metrics(run_dir: str | os.PathLike, event: str | None = None) -> list[dict]:
+    """The records of a run's `metrics.jsonl` (what `MetricsLog` wrote), in order; only `event` ones when given.
+
+    Blank lines are skipped, and reading stops at a line that is not JSON: the last line of a process killed
+    while writing it. FileNotFoundError when the run has no metrics.jsonl.
+    """
+    records = []
+    with open(Path(run_dir) / METRICS_FILE, encoding="utf-8") as handle:
+        for line in handle:
+            if not line.strip():
+                continue
+            try:
+                records.append(json.loads(line))
+            except json.JSONDecodeError:
+                break
+    return [r for r in records if r.get("event") == event] if event is not None else records

@@ -9,6 +9,9 @@ Each round t = 1..T, with the model as the previous round left it:
 A fresh sample is drawn every round unless `accumulate` is set. Every round's randomness comes from
 (seed, round) alone, so a run resumed from a round's checkpoint ends exactly where an uninterrupted
 run would.
+
+Long because the rounds, their checkpoints and resume share the run directory's format; each step of a
+round is a short function of its own.
 """
 from __future__ import annotations
 
@@ -27,9 +30,10 @@ import torch
 from marsrm import allocate as alloc
 from marsrm import metrics, record
 from marsrm.config import ConfigError, setting, to_yaml
-from marsrm.io import (MetricsLog, atomic_write, atomic_write_dir, atomic_write_json, atomic_write_text, read_jsonl,
+from marsrm.io import (MetricsLog, atomic_write, atomic_write_dir, atomic_write_json, atomic_write_text, read_metrics,
                        remove_temporaries, run_directory)
-from marsrm.pipeline import TrainConfig, build_model, evaluate_scores, flat_values, load_split, make_learner
+from marsrm.learners import make_learner
+from marsrm.pipeline import TrainConfig, build_model, evaluate_scores, flat_values, load_split
 from marsrm.train import make_accelerator
 
 @dataclass
@@ -38,6 +42,7 @@ class RunConfig(TrainConfig):
 
     pool: str | None = setting(None, "pool directory built by `marsrm augment` for the same data (not needed "
                                "for --strategy none or adaboost)")
+    epochs: float | None = setting(None, "epochs on each round's base ∪ sample (default: 1, as in the paper)", gt=0)
     strategy: str = setting("mars", "allocation strategy", choices=list(alloc.STRATEGIES))
     rounds: int = setting(5, "self-refinement rounds T", ge=1)
     budget: int = setting(2000, "synthetic pairs sampled per round B", ge=0)
@@ -475,7 +480,7 @@ def _resume_point(config: RunConfig, run_dir: Path) -> tuple[int, int]:
     remove_temporaries(run_dir)
     # Forget log lines of a round that was cut short: it will run again.
     metrics_file = run_dir / "metrics.jsonl"
-    records = _read_metrics_tolerant(metrics_file) if metrics_file.exists() else []
+    records = read_metrics(run_dir) if metrics_file.exists() else []
     rounds = [r for r in records if r.get("event") == "round" and r["round"] <= done]
     step = rounds[-1].get("step") if rounds else 0
     if step is None:  # a run from before rounds recorded their step: keep the round lines only
@@ -493,17 +498,6 @@ def _resume_point(config: RunConfig, run_dir: Path) -> tuple[int, int]:
     return done + 1, step
 
 
-def _read_metrics_tolerant(path: Path) -> list[dict]:
-    """metrics.jsonl, ignoring a last line cut off by a kill."""
-    records = []
-    for line in path.read_text(encoding="utf-8").splitlines():
-        try:
-            records.append(json.loads(line))
-        except json.JSONDecodeError:
-            break
-    return records
-
-
 def _write_npy(path, array) -> None:
     with open(path, "wb") as handle:  # np.save on a name would append ".npy" to the temporary's name
         np.save(handle, array)
@@ -513,9 +507,7 @@ def _finish(config: RunConfig, run_dir: Path, learner, model, split, reports) ->
     """Final evaluation with full intervals, the saved model, per-pair held-out margins, results.json."""
     results = {"strategy": config.strategy, "seed": config.seed, "mode": config.mode, "rounds": config.rounds,
                "budget": config.budget, "base_pairs": len(split.train), "data": reports}
-    train_chosen, train_rejected = learner.scores(split.train)
-    rewards = np.concatenate([train_chosen, train_rejected])
-    model.spec.normalization = {"mean": float(rewards.mean()), "std": float(rewards.std())}
+    model.spec.normalization = metrics.reward_normalization(*learner.scores(split.train))
     for name, pairs in (("val", split.val), ("eval", split.eval)):
         if pairs:
             chosen, rejected = learner.scores(pairs)
@@ -524,6 +516,6 @@ def _finish(config: RunConfig, run_dir: Path, learner, model, split, reports) ->
             atomic_write(run_dir / f"{name}_margins.npy", lambda tmp, m=chosen - rejected: _write_npy(tmp, m))
             atomic_write_json(run_dir / f"{name}_ids.json", [p.id for p in pairs])
     atomic_write_dir(run_dir / "model", model.save)
-    results["rounds_log"] = [r for r in read_jsonl(run_dir / "metrics.jsonl") if r.get("event") == "round"]
+    results["rounds_log"] = read_metrics(run_dir, event="round")
     atomic_write_json(run_dir / "results.json", results)
     return results

@@ -10,8 +10,14 @@ Conventions shared by every function:
 - Inputs must be non-empty, one-dimensional and finite; anything else raises ValueError naming the argument.
 - Intervals come from the percentile bootstrap over pairs. Paired comparisons resample the same pair indices
   for both models, so the pair-to-pair difficulty cancels out of the difference.
+- One bootstrap engine: every interval draws its pair (or prompt) indices from `_index_chunks`, seeded by
+  `seed`; `_replicates` evaluates any statistic on them (one level), `resampled_means` adds a second level
+  that redraws the runs (training seeds) of each model from a stream seeded by [seed, 1].
 
 The definitions are written out in docs/METRICS.md.
+
+Long because every metric and the one bootstrap engine behind all their intervals live together, so
+every interval in the project is drawn the same way.
 """
 from __future__ import annotations
 
@@ -33,14 +39,19 @@ __all__ = [
     "length_baseline_accuracy",
     "margin_snr",
     "mean_margin",
+    "normalize_rewards",
     "paired_bootstrap",
     "paired_seed_bootstrap",
+    "percentiles",
+    "resampled_means",
+    "reward_normalization",
     "seed_interval",
     "bt_loss",
     "pairwise_accuracy",
     "rewardbench_sections",
     "roc_auc",
     "sigmoid_prime",
+    "win_rate_of",
 ]
 
 # RewardBench v1 (allenai/reward-bench): which subset belongs to which leaderboard section.
@@ -226,11 +237,21 @@ class PairedComparison:
     share_a_better: float
     n: int
 
+    def as_dict(self) -> dict[str, float]:
+        """{"value", "low", "high"}: the difference in the form `Interval.as_dict` gives."""
+        return {"value": self.estimate, "low": self.low, "high": self.high}
 
-def _index_chunks(n: int, n_resamples: int, seed: int):
-    """Yield blocks of resampled pair indices, shape (rows, n), n_resamples rows in all; seeded."""
+
+def _index_chunks(n: int, n_resamples: int, seed: int, rows_per_chunk: int | None = None):
+    """Yield blocks of resampled pair indices, shape (rows, n), n_resamples rows in all; seeded.
+
+    The first level of every bootstrap here: resample r draws its n indices from one stream seeded by `seed`,
+    in order, so the draws do not depend on the block size (numpy's stream continues across calls) and two
+    read-outs with the same seed see the same resamples. rows_per_chunk: block height (default: ~2**19
+    indices per block).
+    """
     rng = np.random.default_rng(seed)
-    rows_per_chunk = max(1, min(n_resamples, _CHUNK_ELEMENTS // n))
+    rows_per_chunk = rows_per_chunk or max(1, min(n_resamples, _CHUNK_ELEMENTS // n))
     for start in range(0, n_resamples, rows_per_chunk):
         rows = min(rows_per_chunk, n_resamples - start)
         yield rng.integers(0, n, size=(rows, n))
@@ -364,7 +385,50 @@ def _replicates(statistics: Sequence[tuple[Callable, Sequence]], n_resamples: in
     return [np.concatenate(out) for out in blocks]
 
 
+def resampled_means(values, n_resamples: int = 1000, seed: int = 0) -> np.ndarray:
+    """Bootstrap replicates of mean(values) over a two-level design, shape (n_resamples,).
+
+    values: shape (n, k1, k2, ...): axis 0 indexes the units (pairs, prompts), each further axis the runs of one
+    model (its training seeds; length 1 for a single run). Level one redraws the units with the pair draws
+    of every bootstrap here (`_index_chunks`, seeded by `seed`: the same resamples as `bootstrap_ci` with that
+    seed); level two redraws each run axis of length > 1 from a second stream seeded by [seed, 1], k indices
+    per axis, axis by axis within a resample and resample by resample. So the interval counts the spread
+    between runs as well as between units. Finite values only.
+    """
+    values = np.asarray(values, dtype=np.float64)
+    if values.ndim == 0 or 0 in values.shape:
+        raise ValueError(f"values: expected a non-empty (units, runs...) array, got shape {values.shape}")
+    if n_resamples < 1:
+        raise ValueError(f"n_resamples: expected a positive integer, got {n_resamples}")
+    n, runs = values.shape[0], values.shape[1:]
+    flat = values.reshape(n, -1)
+    run_rng = np.random.default_rng([seed, 1])
+    replicates = np.empty(n_resamples)
+    start = 0
+    # Blocks of 256 resamples, the height the committed two-level intervals were computed with: the draws do not
+    # depend on it, but a BLAS product may round differently for another block height.
+    for indices in _index_chunks(n, n_resamples, seed, rows_per_chunk=256):
+        size = indices.shape[0]
+        per_run = (_counts(indices, n) @ flat / n).reshape(size, *runs)  # each resample's mean, run by run
+        columns = [np.zeros((size, k), dtype=np.int64) for k in runs]
+        for row in range(size):
+            for axis, k in enumerate(runs):
+                if k > 1:
+                    columns[axis][row] = run_rng.integers(0, k, k)
+        # Pick, in every resample, the redrawn run along each axis: an open grid (resample, run axis 1, ...).
+        ones = [1] * len(runs)
+        grid = [np.arange(size).reshape(size, *ones)]
+        for axis, chosen in enumerate(columns):
+            shape = ones.copy()
+            shape[axis] = runs[axis]
+            grid.append(chosen.reshape(size, *shape))
+        replicates[start:start + size] = per_run[tuple(grid)].reshape(size, -1).mean(axis=1)
+        start += size
+    return replicates
+
+
 def percentiles(replicates: np.ndarray, level: float) -> tuple[float, float]:
+    """The (1 - level)/2 and (1 + level)/2 quantiles of bootstrap replicates: a percentile interval."""
     if not 0.0 < level < 1.0:
         raise ValueError(f"level: expected a confidence level strictly between 0 and 1, got {level}")
     tail = (1.0 - level) / 2.0
@@ -398,20 +462,29 @@ def paired_bootstrap(
     n_resamples: int = 1000,
     seed: int = 0,
     level: float = 0.95,
+    of_differences: bool = False,
 ) -> PairedComparison:
     """Compare two reward models on the same pairs: stat(a) - stat(b) with a paired bootstrap interval.
 
-    margins_a, margins_b: shape (n,), the two models' margins on the same pairs, in the same order.
-    stat(margins) -> float (default: pairwise accuracy).  Every resample uses the SAME pair indices for
-    both models, so differences in pair difficulty cancel and the interval reflects only the models'
-    disagreement.  Returns PairedComparison(estimate, low, high, share_a_better, n).
+    margins_a, margins_b: shape (n,), the two models' margins (or any per-pair scores) on the same pairs, in
+    the same order.  stat(scores) -> float (default: pairwise accuracy).  Every resample uses the SAME pair
+    indices for both models, so differences in pair difficulty cancel and the interval reflects only the
+    models' disagreement.  of_differences: use stat(a - b) instead, for per-pair scores whose statistic is a
+    mean (e.g. each pair's share of seeds that rank it right): the two agree up to rounding, and `marsrm
+    compare`'s summaries (committed in results/) are the mean of the differences, bit for bit.
+    Returns PairedComparison(estimate, low, high, share_a_better, n).
     """
     margins_a, margins_b = _as_pairs(margins_a, margins_b, ("margins_a", "margins_b"))
-    replicates_a, replicates_b = _replicates([(stat, [margins_a]), (stat, [margins_b])], n_resamples, seed)
-    differences = replicates_a - replicates_b
+    if of_differences:
+        (differences,) = _replicates([(stat, [margins_a - margins_b])], n_resamples, seed)
+        estimate = float(stat(margins_a - margins_b))
+    else:
+        replicates_a, replicates_b = _replicates([(stat, [margins_a]), (stat, [margins_b])], n_resamples, seed)
+        differences = replicates_a - replicates_b
+        estimate = float(stat(margins_a) - stat(margins_b))
     low, high = percentiles(differences, level)
     return PairedComparison(
-        estimate=float(stat(margins_a) - stat(margins_b)),
+        estimate=estimate,
         low=low,
         high=high,
         share_a_better=float(np.mean(differences > 0)),
@@ -447,22 +520,53 @@ def paired_seed_bootstrap(correct_a, correct_b, n_resamples: int = 1000, seed: i
     if a.ndim != 2 or a.shape != b.shape or 0 in a.shape:
         raise ValueError(f"correct_a and correct_b must be (pairs, seeds) arrays of one shape; got {a.shape}, "
                          f"{b.shape}")
-    if n_resamples < 1:
-        raise ValueError(f"n_resamples: expected a positive integer, got {n_resamples}")
     difference = a - b
     n, k = difference.shape
-    pair_rng, seed_rng = np.random.default_rng(seed), np.random.default_rng([seed, 1])
-    replicates = np.empty(n_resamples)
-    for start in range(0, n_resamples, 256):
-        size = min(256, n_resamples - start)
-        counts = np.stack([np.bincount(pair_rng.integers(0, n, n), minlength=n) for _ in range(size)])
-        per_seed = counts @ difference / n  # (size, k): each resample's mean difference for every seed
-        columns = seed_rng.integers(0, k, (size, k)) if k > 1 else np.zeros((size, 1), dtype=np.int64)
-        replicates[start:start + size] = np.take_along_axis(per_seed, columns, axis=1).mean(axis=1)
+    replicates = resampled_means(difference, n_resamples, seed)
     low, high = percentiles(replicates, level)
     se = float(replicates.std(ddof=1)) if n_resamples > 1 else 0.0
     return {"value": float(difference.mean()), "low": low, "high": high, "se": se, "mde80": 2.8016 * se,
             "n_pairs": int(n), "n_seeds": int(k)}
+
+
+def win_rate_of(win_rates: dict, a: str, b: str, n) -> dict | None:
+    """A's win rate against B at N from a best-of-N result's "win_rate", whichever way round it is stored.
+
+    win_rates: {"A vs B": {str(N): {"value", "low", "high", ..., "gold_difference"?}}}; an entry stored as
+    "B vs A" is flipped (value → 1 - value, the interval mirrored, the gold difference negated).
+    Returns None when neither order is stored at N.
+    """
+    entry = win_rates.get(f"{a} vs {b}", {}).get(str(n))
+    if entry is not None:
+        return entry
+    entry = win_rates.get(f"{b} vs {a}", {}).get(str(n))
+    if entry is None or entry["value"] is None:
+        return entry
+    flipped = {**entry, "value": 1 - entry["value"], "low": 1 - entry["high"], "high": 1 - entry["low"]}
+    if "gold_difference" in entry:
+        d = entry["gold_difference"]
+        flipped["gold_difference"] = {**d, "estimate": -d["estimate"], "low": -d["high"], "high": -d["low"],
+                                      "share_a_better": 1 - d["share_a_better"]}
+    return flipped
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Reward units
+
+
+def reward_normalization(chosen, rejected) -> dict[str, float]:
+    """{"mean": μ, "std": σ} of all 2n rewards of the training pairs (std with ddof=0): a model's reward units.
+
+    chosen, rejected: shape (n,), the trained model's rewards on its training pairs; they are pooled as given
+    (no dtype change).  `normalize_rewards` reads rewards in these units.
+    """
+    rewards = np.concatenate([chosen, rejected])
+    return {"mean": float(rewards.mean()), "std": float(rewards.std())}
+
+
+def normalize_rewards(rewards, normalization: dict) -> np.ndarray:
+    """(r - μ) / σ with {"mean": μ, "std": σ} from `reward_normalization`; σ below 1e-12 counts as 1e-12."""
+    return (rewards - normalization["mean"]) / max(normalization["std"], 1e-12)
 
 
 # ---------------------------------------------------------------------------------------------------------

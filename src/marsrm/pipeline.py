@@ -16,9 +16,10 @@ from marsrm import data as data_mod
 from marsrm import metrics
 from marsrm.config import ConfigError, check_settings, setting, to_yaml
 from marsrm.io import MetricsLog, atomic_write_json, atomic_write_text, run_directory
-from marsrm.model import (DEFAULT_BACKBONE, FullRewardModel, HeadRewardModel, ModelSpec, ScalarHead,
-                          count_truncation, format_texts, new_full_model, quiet_transformers, resolve_backbone)
-from marsrm.train import HeadExamples, OptimSettings, TokenExamples, make_accelerator, train_epochs
+from marsrm.learners import make_learner
+from marsrm.model import HeadRewardModel, ModelSpec, ScalarHead, count_truncation, format_texts, new_full_model
+from marsrm.runtime import DEFAULT_BACKBONE, quiet_transformers, resolve_backbone
+from marsrm.train import OptimSettings, make_accelerator
 
 # Defaults that differ by mode: a linear head on frozen features wants a large learning rate and many
 # cheap epochs; fine-tuning a transformer wants a small one and a single epoch.
@@ -97,16 +98,17 @@ class ModelSettings:
 class TrainingSettings:
     """Optimisation; a value left empty takes the mode's default (see `MODE_DEFAULTS`)."""
 
-    epochs: float | None = setting(None, "epochs (head default 20, full default 1)", gt=0)
-    batch_size: int | None = setting(None, "pairs per optimizer step across all processes (head 64, full 16)", ge=1)
-    lr: float | None = setting(None, "AdamW learning rate (head 1e-3, full 3e-5)", gt=0)
-    weight_decay: float | None = setting(None, "AdamW weight decay (head 0.01, full 0)", ge=0)
-    warmup_ratio: float | None = setting(None, "share of steps with linear warm-up (head 0, full 0.1)", ge=0, lt=1)
+    epochs: float | None = setting(None, "epochs (default: head 20, full 1)", gt=0)
+    batch_size: int | None = setting(None, "pairs per optimizer step across all processes (default: head 64, full 16)",
+                                     ge=1)
+    lr: float | None = setting(None, "AdamW learning rate (default: head 1e-3, full 3e-5)", gt=0)
+    weight_decay: float | None = setting(None, "AdamW weight decay (default: head 0.01, full 0)", ge=0)
+    warmup_ratio: float | None = setting(None, "share of steps with linear warm-up (default: head 0, full 0.1)", ge=0, lt=1)
     scheduler: str = setting("linear", "learning-rate decay", choices=["linear", "cosine", "constant",
                                                                         "constant_with_warmup"])
     grad_accum: int = setting(1, "gradient accumulation steps", ge=1)
     max_grad_norm: float = setting(1.0, "gradient clipping norm; 0 = off", ge=0)
-    center_rewards_coefficient: float = setting(0.0, "reward centering (TRL): penalty on (r+² + r-²)/2", ge=0)
+    center_rewards_coefficient: float = setting(0.0, "reward centering, as TRL's RewardTrainer: a penalty c·(r+ + r-)² per pair", ge=0)
     use_margin: bool = setting(True, "subtract the data's per-pair margin column inside the loss when present")
     n_resamples: int = setting(1000, "bootstrap resamples for the 95% intervals", ge=1)
     log_every: int = setting(10, "optimizer steps between metric lines", ge=1)
@@ -244,107 +246,6 @@ def _build_model(config: TrainConfig):
     return new_full_model(spec, lora=lora, allow_pickle=config.allow_pickle, dropout=config.dropout)
 
 
-def _pair_margin_column(pairs) -> np.ndarray | None:
-    """TRL's per-pair `margin` column as an array (0 where a pair has none), or None when no pair has one."""
-    margins = [p.margin for p in pairs]
-    return np.array([m or 0.0 for m in margins]) if any(m is not None for m in margins) else None
-
-
-class HeadLearner:
-    """Head mode in training: margins and Bradley–Terry epochs over cached embeddings of any pairs."""
-
-    def __init__(self, model: HeadRewardModel, accelerator=None, log=None, progress: bool = False):
-        self.model, self.log, self.progress = model, log, progress
-        self.accelerator = accelerator or make_accelerator()
-
-    def embed(self, pairs) -> tuple[np.ndarray, np.ndarray]:
-        """(chosen, rejected) embeddings, each (n, d), through the on-disk cache."""
-        prompts = [p.prompt for p in pairs] * 2
-        responses = [p.chosen for p in pairs] + [p.rejected for p in pairs]
-        both = self.model.embed(prompts, responses, progress=self.progress)
-        return both[: len(pairs)], both[len(pairs):]
-
-    def scores(self, pairs) -> tuple[np.ndarray, np.ndarray]:
-        chosen, rejected = self.embed(pairs)
-        return self.model.score_embeddings(chosen), self.model.score_embeddings(rejected)
-
-    def margins(self, pairs) -> np.ndarray:
-        chosen, rejected = self.scores(pairs)
-        return chosen - rejected
-
-    def fit(self, pairs, optim: OptimSettings, *, weight=None, step_offset: int = 0, desc: str = "training"):
-        chosen, rejected = self.embed(pairs)
-        examples = HeadExamples(chosen, rejected, margin=_pair_margin_column(pairs), weight=weight)
-        return train_epochs(self.model.head, examples, optim, accelerator=self.accelerator, log=self.log,
-                            step_offset=step_offset, desc=desc, progress=self.progress)
-
-    def hessian(self, pairs) -> np.ndarray | None:
-        """The exact Bradley–Terry Hessian w.r.t. a linear head's weights at the current weights; None for an MLP."""
-        linear = self.model.head.linear
-        if linear is None:
-            return None
-        chosen, rejected = self.embed(pairs)
-        theta = linear.weight.detach().double().numpy()[0]
-        return metrics.bt_hessian(chosen.astype(np.float64), rejected.astype(np.float64), theta)
-
-    def load_state(self, directory: Path) -> None:
-        from safetensors.torch import load_file
-
-        self.model.head.load_state_dict(load_file(str(Path(directory) / "head.safetensors")))
-
-
-class FullLearner:
-    """Full mode in training: the whole sequence-classification model scores and learns from token ids."""
-
-    def __init__(self, model: FullRewardModel, accelerator=None, log=None, progress: bool = False):
-        self.model, self.log, self.progress = model, log, progress
-        self.accelerator = accelerator or make_accelerator()
-
-    def scores(self, pairs) -> tuple[np.ndarray, np.ndarray]:
-        """Rewards in the precision the model trains in: bf16 autocast where the hardware runs it natively (about
-        half the fp32 time). Once trained, the model's forward runs under Accelerate's autocast anyway; this
-        makes the scores before the first round agree with it. The saved model scores in fp32 when loaded."""
-        with self.accelerator.autocast():
-            return self.model.score_pairs(pairs)
-
-    def margins(self, pairs) -> np.ndarray:
-        chosen, rejected = self.scores(pairs)
-        return chosen - rejected
-
-    def fit(self, pairs, optim: OptimSettings, *, weight=None, step_offset: int = 0, desc: str = "training"):
-        summary = train_epochs(self.model.model, token_examples(self.model, pairs, weight=weight), optim,
-                               accelerator=self.accelerator, log=self.log, step_offset=step_offset, desc=desc,
-                               progress=self.progress)
-        self.model.model = self.accelerator.unwrap_model(self.model.model)
-        return summary
-
-    def hessian(self, pairs):
-        return None  # the exact Hessian is cheap only for a linear head on frozen features
-
-    def load_state(self, directory: Path) -> None:
-        from safetensors.torch import load_file
-
-        state = load_file(str(Path(directory) / "model.safetensors"))
-        missing, unexpected = self.model.model.load_state_dict(state, strict=False)
-        if unexpected:
-            raise ConfigError(f"{directory}: checkpoint does not match the model ({unexpected[:3]} …)")
-
-
-def make_learner(model, accelerator=None, log=None, progress: bool = False):
-    kind = HeadLearner if isinstance(model, HeadRewardModel) else FullLearner
-    return kind(model, accelerator=accelerator, log=log, progress=progress)
-
-
-def token_examples(model: FullRewardModel, pairs, *, weight=None) -> TokenExamples:
-    tokenizer = model.tokenizer
-    prompts = [p.prompt for p in pairs]
-    chosen = format_texts(tokenizer, prompts, [p.chosen for p in pairs], model.spec.template)
-    rejected = format_texts(tokenizer, prompts, [p.rejected for p in pairs], model.spec.template)
-    encode = lambda texts: tokenizer(texts, truncation=True, max_length=model.spec.max_length)["input_ids"]  # noqa
-    return TokenExamples(encode(chosen), encode(rejected), tokenizer.pad_token_id,
-                         margin=_pair_margin_column(pairs), weight=weight)
-
-
 def truncation_report(model, pairs):
     tokenizer = model.encoder.tokenizer if isinstance(model, HeadRewardModel) else model.tokenizer
     prompts = [p.prompt for p in pairs] * 2
@@ -373,8 +274,7 @@ def train(config: TrainConfig, echo=print) -> dict:
         learner = make_learner(model, accelerator=accelerator, log=log, progress=config.progress)
         summary = learner.fit(split.train, config.optim())
         train_chosen, train_rejected = learner.scores(split.train)
-        rewards = np.concatenate([train_chosen, train_rejected])
-        model.spec.normalization = {"mean": float(rewards.mean()), "std": float(rewards.std())}
+        model.spec.normalization = metrics.reward_normalization(train_chosen, train_rejected)
 
         results = {"mode": config.mode, "backbone": config.backbone, "train_pairs": len(split.train),
                    "train": summary, "truncation": dataclasses.asdict(truncation), "data": reports,

@@ -99,7 +99,7 @@ def _resolve_precision(values: dict) -> None:
     if values.get("embed_dtype") == "auto" or values.get("mixed_precision") == "auto":
         import torch
 
-        from marsrm.features import resolve_dtype
+        from marsrm.runtime import resolve_dtype
         from marsrm.train import resolve_mixed_precision
 
         device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -129,29 +129,32 @@ def saved_fingerprint(payload: dict, config_cls) -> dict:
     return fingerprint(from_mapping(config_cls, known, origin="fingerprint.json"))
 
 
-def differences(saved: dict, config, ignore=()) -> list[str]:
-    """The settings whose value differs between a saved fingerprint and `config`, as 'name: old → new'.
+def changed_settings(saved: dict, current: dict, *, ignore=(), at_default=()) -> list[str]:
+    """The settings of `current` whose value differs from `saved`, as 'name: old → new', sorted by name.
 
-    A setting missing from the saved fingerprint (added since) counts as the same when `config` leaves it at
-    its default; one missing from `config` (retired since) is not compared.
+    saved, current: {setting: value}, what was stored beside an output and what would make it now. A setting
+    missing from `saved` (added since) shows as '(not set) → new', unless it is named in `at_default` (the
+    current value is the setting's default, which keeps the old behaviour); one missing from `current`
+    (retired since) is not compared; names in `ignore` are not compared.
     """
-    current = fingerprint(config)
-    defaults = {f.name: (f.default if f.default is not dataclasses.MISSING else f.default_factory())
-                for f in dataclasses.fields(config)}
-    raw = flat_settings(config)
     changed = []
-    for name in sorted(set(saved) | set(current)):
-        if name in ignore:
-            continue
-        if name not in current:
-            continue
+    for name in sorted(set(current) - set(ignore)):
         if name not in saved:
-            if name in raw and raw[name] == defaults.get(name):
-                continue
-            changed.append(f"{name}: (not set) → {current[name]!r}")
+            if name not in at_default:
+                changed.append(f"{name}: (not set) → {current[name]!r}")
         elif saved[name] != current[name]:
             changed.append(f"{name}: {saved[name]!r} → {current[name]!r}")
     return changed
+
+
+def differences(saved: dict, config, ignore=()) -> list[str]:
+    """The settings whose value differs between a saved fingerprint and `config`: `changed_settings` of the
+    fingerprints, a setting added since counting as the same when `config` leaves it at its default."""
+    defaults = {f.name: (f.default if f.default is not dataclasses.MISSING else f.default_factory())
+                for f in dataclasses.fields(config)}
+    raw = flat_settings(config)
+    at_default = {name for name in raw if raw[name] == defaults.get(name)}
+    return changed_settings(saved, fingerprint(config), ignore=ignore, at_default=at_default)
 
 
 def read_fingerprint(run_dir: Path, config_cls) -> dict | None:

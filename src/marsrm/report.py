@@ -1,21 +1,20 @@
-"""Plots and the markdown report of a `marsrm compare` directory."""
+"""Plots and the markdown report of a `marsrm compare` directory.
+
+Everything here reads what it is given: the comparison's settings, its summary (`compare.summarise`) and its
+runs (`compare.load_runs`), and the run directories those name; it imports nothing from `compare`.
+"""
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
 
-from marsrm.io import atomic_write, atomic_write_text
+from marsrm.io import atomic_write, atomic_write_text, read_metrics
+from marsrm.metrics import win_rate_of
 
 
 def _rounds(run_dir: str) -> list[dict]:
-    records = []
-    for line in (Path(run_dir) / "metrics.jsonl").read_text().splitlines():
-        record = json.loads(line)
-        if record.get("event") == "round":
-            records.append(record)
-    return sorted(records, key=lambda r: r["round"])
+    return sorted(read_metrics(run_dir, event="round"), key=lambda r: r["round"])
 
 
 def _round_files(run_dir) -> list[Path]:
@@ -126,15 +125,33 @@ def plot_curvature(runs: dict, out: Path) -> str:
     return name
 
 
-def write_report(config, summary: dict) -> Path:
-    """Plots + report.md in `config.output`; returns the report's path."""
+def format_summary(summary: dict) -> str:
+    """The plain-text table of a comparison's summary: accuracy over seeds and the paired difference per strategy."""
+    lines = [f"held-out pairs: {summary['eval_pairs']} · seeds: {summary['seeds']} · "
+             f"paired against: {summary['baseline']}",
+             f"{'strategy':<13}{'accuracy (95% over seeds)':<30}{'auc':>8}{'Δacc vs ' + summary['baseline']:>20}"
+             f"{'95% paired':>22}{'seeds won':>11}"]
+    for name, entry in summary["strategies"].items():
+        acc, auc = entry["accuracy"], entry["auc"]
+        line = f"{name:<13}{acc['mean']:.4f} [{acc['low']:.4f}, {acc['high']:.4f}]{'':<6}{auc['mean']:>8.4f}"
+        if "vs_baseline" in entry:
+            diff = entry["vs_baseline"]["accuracy_difference"]
+            interval = f"[{diff['low']:+.4f}, {diff['high']:+.4f}]"
+            line += f"{diff['value']:>+20.4f}{interval:>22}{entry['vs_baseline']['seeds_won']:>11.2f}"
+        lines.append(line)
+    return "\n".join(lines)
+
+
+def write_report(config, summary: dict, runs: dict) -> Path:
+    """Plots + report.md in `config.output`; returns the report's path.
+
+    config: the `CompareConfig`; summary: `compare.summarise(config)`; runs: `compare.load_runs(config)`.
+    """
     import matplotlib
 
     matplotlib.use("Agg")
-    from marsrm.compare import format_summary, load_runs
 
     out = Path(config.output)
-    runs = load_runs(config)
     plots = [plot_accuracy(runs, out), plot_margins(runs, out), plot_budget(runs, out), plot_curvature(runs, out)]
     baseline = summary["baseline"]
     lines = [f"# marsrm compare: {', '.join(config.strategies)}", "",
@@ -165,8 +182,6 @@ def write_report(config, summary: dict) -> Path:
                          f"{entry['vs_baseline']['seeds_won']:.2f} |")
     lines += ["", "## Plots", ""] + [f"![{p}]({p})" for p in plots]
     if "bon" in summary:
-        from marsrm.bon import win_rate_of
-
         bon = summary["bon"]
         top = str(bon["ns"][-1])
         lines += ["", f"## Best-of-N, judged by the gold model ({bon['prompts']} held-out prompts)", "",

@@ -16,14 +16,11 @@ docs/DOWNSTREAM.md has the multi-GPU recipe.
 from __future__ import annotations
 
 import os
-import re
 
 import numpy as np
 
+from marsrm.data import hh_turns
 from marsrm.model import ModelError, RewardModel
-
-_TURN = re.compile(r"\n\n(Human|Assistant|System):")
-_ROLES = {"Human": "user", "Assistant": "assistant", "System": "system"}
 
 
 def _is_hh(text: str) -> bool:
@@ -37,9 +34,7 @@ def prompt_messages(prompt) -> list[dict]:
     text = str(prompt)
     if not _is_hh(text):
         return [{"role": "user", "content": text}]
-    parts = _TURN.split("\n\n" + text.lstrip("\n"))
-    messages = [{"role": _ROLES[speaker], "content": content.removeprefix(" ")}
-                for speaker, content in zip(parts[1::2], parts[2::2])]
+    _, messages = hh_turns(text, system_turns=True)  # a System turn may come anywhere in a TRL prompt
     if messages and messages[-1]["role"] == "assistant" and not messages[-1]["content"].strip():
         messages = messages[:-1]  # the open "Assistant:" turn the completion answers
     return messages
@@ -89,8 +84,7 @@ def load_policy(model: str | None = "smollm2", *, dtype: str = "fp32", trust_rem
     model, since trainers refuse a model marked as quantised."""
     from transformers import AutoModelForCausalLM
 
-    from marsrm.bon import load_causal_lm
-    from marsrm.pool.local import resolve_model
+    from marsrm.lm import load_causal_lm, resolve_model
 
     location, gguf_file = resolve_model(model)
     loaded, tokenizer = load_causal_lm(location, gguf_file, dtype=dtype, trust_remote_code=trust_remote_code)
@@ -118,7 +112,7 @@ def prepare_policy(model: str | None = "smollm2", directory: str | os.PathLike =
     import shutil
     from pathlib import Path
 
-    from marsrm.pool.local import model_identity, resolve_model
+    from marsrm.lm import model_identity, resolve_model
 
     location, gguf_file = resolve_model(model)
     if not gguf_file:

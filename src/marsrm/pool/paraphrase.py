@@ -193,20 +193,3 @@ class Paraphraser:
 
     def close(self) -> None:
         """Release whatever the backend holds (threads, models)."""
-
-
-def make_paraphraser(kind: str, **settings) -> Paraphraser:
-    """The paraphraser named `kind` ("local", "openai", "lexical"), built from its keyword settings."""
-    if kind == "local":
-        from marsrm.pool.local import LocalParaphraser
-
-        return LocalParaphraser(**settings)
-    if kind == "openai":
-        from marsrm.pool.remote import OpenAIParaphraser
-
-        return OpenAIParaphraser(**settings)
-    if kind == "lexical":
-        from marsrm.pool.lexical import LexicalParaphraser
-
-        return LexicalParaphraser(**settings)
-    raise PoolError(f"setting 'paraphraser': unknown backend '{kind}' (choose {', '.join(BACKENDS)})")
