@@ -311,11 +311,16 @@ def _detect_format(record: dict, fields: _Fields, location: str) -> str:
                     "prompt_field=/chosen_field=/rejected_field= or pass format=")
 
 
+def _optional(rec: _Record, name: str, required: bool):
+    """An optional column's value: None when the record lacks it (and no mapping asked for it) or holds null."""
+    if name not in rec.record and not required:
+        return None
+    return rec.value(name)
+
+
 def _margin(rec: _Record) -> float | None:
     fields = rec.fields
-    if fields.margin not in rec.record and not fields.margin_required:
-        return None
-    value = rec.value(fields.margin)
+    value = _optional(rec, fields.margin, fields.margin_required)
     if value is None or value == "":
         return None
     margin = None
@@ -335,9 +340,7 @@ def _margin(rec: _Record) -> float | None:
 
 def _subset(rec: _Record) -> str | None:
     fields = rec.fields
-    if fields.subset not in rec.record and not fields.subset_required:
-        return None
-    value = rec.value(fields.subset)
+    value = _optional(rec, fields.subset, fields.subset_required)
     if value is None:
         return None
     if isinstance(value, str):
