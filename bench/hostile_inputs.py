@@ -121,36 +121,34 @@ def invalid_examples(f, kind) -> list:
 
 
 def settings_cases(tmp: Path, runs: dict) -> list[dict]:
-    from marsrm.config import _base_type
+    from marsrm.config import leaf_settings
 
     cases = []
     for command, (cls, _, _) in cli._commands().items():
-        hints = typing.get_type_hints(cls)
         names = {f.name for f in dataclasses.fields(cls)}
-        for f in dataclasses.fields(cls):
-            kind, _ = _base_type(hints[f.name])
+        for setting_name, f, kind, _ in leaf_settings(cls):
             for value in invalid_examples(f, kind):
-                base = {"data": PAIRS} if "data" in names and f.name != "data" else {}
+                base = {"data": PAIRS} if "data" in names and setting_name != "data" else {}
                 target = runs.get(command)
-                if target is not None and f.name not in ("output", "overwrite"):
+                if target is not None and setting_name not in ("output", "overwrite"):
                     base.update(output=str(target), overwrite=True)
-                elif "output" in names and f.name != "output":
+                elif "output" in names and setting_name != "output":
                     base["output"] = str(tmp / "out")
                 for name in ("results", "runs"):  # `marsrm experiment` writes there
-                    if name in names and f.name != name:
+                    if name in names and setting_name != name:
                         base[name] = str(tmp / name)
                 config = tmp / "settings" / f"{len(cases)}.yaml"
                 config.parent.mkdir(exist_ok=True)
-                config.write_text(yaml.safe_dump({**base, f.name: value}))
-                cases.append({"class": "settings", "command": command, "case": f"{f.name}={value!r} (YAML)",
+                config.write_text(yaml.safe_dump({**base, setting_name: value}))
+                cases.append({"class": "settings", "command": command, "case": f"{setting_name}={value!r} (YAML)",
                               "argv": [command, "--config", str(config)], "guards": target and command})
                 typed = (kind in (int, float) and not isinstance(value, (list, dict))) or (
                     kind is str and f.metadata.get("choices") and isinstance(value, str))
                 if typed:
                     flags = [f"--{k.replace('_', '-')}={v}" for k, v in base.items() if k != "overwrite"]
                     flags += ["--overwrite"] if "overwrite" in base else []
-                    cases.append({"class": "settings", "command": command, "case": f"{f.name}={value!r} (flag)",
-                                  "argv": [command, *flags, f"--{f.name.replace('_', '-')}={value}"],
+                    cases.append({"class": "settings", "command": command, "case": f"{setting_name}={value!r} (flag)",
+                                  "argv": [command, *flags, f"--{setting_name.replace('_', '-')}={value}"],
                                   "guards": target and command})
     return cases
 

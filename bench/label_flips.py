@@ -82,7 +82,7 @@ def main(argv=None) -> int:
                                                            npz["variant_index"]) for npz in run) if r is not None])
                  if any(len(npz["pair_index"]) for npz in run) else None for run in runs]
         if any(r is not None for r in rates):
-            result["sampled"][strategy] = seed_interval([r for r in rates if r is not None])
+            result["sampled"][strategy] = seed_interval([r for r in rates if r is not None], bounds=(0.0, 1.0))
 
     out = Path(args.output)
     atomic_write_json(out / "flips.json", result)

@@ -92,3 +92,23 @@ def test_help_gives_no_default_none_and_the_loop_s_own_epochs(capsys):
         assert "(default: None)" not in text, command
         if command in ("run", "compare"):
             assert "--epochs EPOCHS epochs on each round's base ∪ sample (default: 1, as in the paper)" in text
+
+
+def test_the_demo_s_mars_section_and_its_old_flat_names(tmp_path, capsys):
+    import argparse
+
+    from marsrm.config import build_parser, resolve
+    from marsrm.demo import DemoConfig, DemoMars
+
+    def parse(*argv):
+        return resolve(DemoConfig, build_parser(DemoConfig, argparse.ArgumentParser()).parse_args(argv)).mars
+
+    assert parse() == DemoMars()
+    assert parse("--mars.pairs", "7", "--no-mars.run") == DemoMars(pairs=7, run=False)
+    assert capsys.readouterr().err == ""
+    old = tmp_path / "demo.yaml"
+    old.write_text("mars: false\nmars_seeds: 2\n")
+    assert parse("--config", str(old)) == DemoMars(run=False, seeds=2)
+    assert parse("--no-mars") == DemoMars(run=False)
+    notes = capsys.readouterr().err
+    assert "setting 'mars_seeds' is now 'mars.seeds'" in notes and "setting 'mars' is now 'mars.run'" in notes

@@ -3,7 +3,7 @@ import json
 
 import pytest
 
-from marsrm.compare import CompareConfig, compare
+from marsrm.compare import BonSection, CompareConfig, compare
 from marsrm.config import ConfigError
 from test_loop import DropoutPool
 
@@ -56,8 +56,8 @@ def test_compare_runs_best_of_n_for_each_strategy_judged_by_a_gold_model(tmp_pat
     # prompts is among its training prompts, which the overlap check reads from its run's config.yaml)
     compare(CompareConfig(**settings, output=str(tmp_path / "gold")), echo=lambda *_: None, pool=pool)
     gold = tmp_path / "gold" / "none" / "seed-0" / "model"
-    config = CompareConfig(**settings, output=str(tmp_path / "cmp"), bon_gold=str(gold), bon_prompts=2,
-                           bon_ns=[1, 2], bon_max_new_tokens=6)
+    config = CompareConfig(**settings, output=str(tmp_path / "cmp"),
+                           bon=BonSection(gold=str(gold), prompts=2, ns=[1, 2], max_new_tokens=6))
     summary = compare(config, echo=lambda *_: None, pool=pool)
     bon = summary["bon"]
     assert bon["prompts"] == 2 and bon["ns"] == [1, 2] and set(bon["curve"]) == {"none", "uniform"}
@@ -68,13 +68,44 @@ def test_compare_runs_best_of_n_for_each_strategy_judged_by_a_gold_model(tmp_pat
     assert "Best-of-N" in report and "| win rate vs uniform |" in report
     none_row = next(line for line in report.splitlines() if line.startswith("| none | ") and line.count("[") == 2)
     assert none_row.endswith("] |")  # gold reward and win rate against the baseline, each with its interval
-    with pytest.raises(ConfigError, match="setting 'bon_ns'"):
-        CompareConfig(**settings, output=str(tmp_path / "bad"), bon_gold=str(gold), bon_ns=[0]).validate()
+    with pytest.raises(ConfigError, match=r"setting 'bon\.ns': must be ≥ 1"):
+        CompareConfig(**settings, output=str(tmp_path / "bad"), bon=BonSection(gold=str(gold), ns=[0])).validate()
 
 
 def test_best_of_n_reads_out_every_seed_of_each_strategy():
-    config = CompareConfig(strategies=["none", "mars"], baseline="none", seeds=2, seed=3, bon_gold="gold",
+    config = CompareConfig(strategies=["none", "mars"], baseline="none", seeds=2, seed=3, bon=BonSection(gold="gold"),
                            output="out")
     assert config.bon_config().models == ["none=out/none/seed-3/model", "none=out/none/seed-4/model",
                                           "mars=out/mars/seed-3/model", "mars=out/mars/seed-4/model"]
 
+
+
+def test_the_best_of_n_section_reads_nested_yaml_flags_and_the_old_flat_names(tmp_path, capsys):
+    """`bon: {ns: …}` and `--bon.ns` are the section; the old `bon_ns` (YAML) and `--bon-ns` still load, with a
+    note."""
+    import argparse
+
+    from marsrm.config import build_parser, resolve
+
+    def parse(*argv):
+        return resolve(CompareConfig, build_parser(CompareConfig, argparse.ArgumentParser()).parse_args(argv))
+
+    nested, flat = tmp_path / "nested.yaml", tmp_path / "flat.yaml"
+    nested.write_text("bon:\n  gold: g\n  ns: [1, 4]\n")
+    flat.write_text("bon_gold: g\nbon_ns: [1, 4]\nseeds: 2\n")
+    assert parse("--config", str(nested)).bon == BonSection(gold="g", ns=[1, 4])
+    assert capsys.readouterr().err == ""
+    from_flat = parse("--config", str(flat))
+    assert from_flat.bon == BonSection(gold="g", ns=[1, 4]) and from_flat.seeds == 2
+    assert "setting 'bon_ns' is now 'bon.ns'" in capsys.readouterr().err
+    assert parse("--config", str(nested), "--bon.ns", "2,8").bon == BonSection(gold="g", ns=[2, 8])
+    assert parse("--bon-gold", "h", "--bon-prompts", "3").bon == BonSection(gold="h", prompts=3)
+    with pytest.raises(ConfigError, match=r"nested\.yaml: setting 'bon\.ns': must be ≥ 1"):
+        nested.write_text("bon:\n  ns: [0]\n")
+        parse("--config", str(nested))
+    with pytest.raises(ConfigError, match=r"setting 'bon': expected a mapping"):
+        nested.write_text("bon: 3\n")
+        parse("--config", str(nested))
+    with pytest.raises(ConfigError, match=r"unknown setting 'bon\.gould' \(known: gold, max_new_tokens"):
+        nested.write_text("bon: {gould: g}\n")
+        parse("--config", str(nested))

@@ -136,7 +136,8 @@ def test_saved_dataset_dict_split_is_chosen(tmp_path):
     datasets.DatasetDict({"validation": full, "test": full.select([1])}).save_to_disk(str(tmp_path / "test-only"))
     assert [p.chosen for p in load_pairs(tmp_path / "test-only").pairs] == ["c-a-t"]
     datasets.DatasetDict({"a": full, "b": full}).save_to_disk(str(tmp_path / "ab"))
-    with pytest.raises(DataError, match=r"^ab: several splits \['a', 'b'\] and none is 'train' or 'test'; pass split=$"):
+    with pytest.raises(DataError, match=r"^ab: several splits \['a', 'b'\] and none is 'train' or 'test'; pass split= \(on the "
+                                   r"command line --split for --data, --eval-split for --eval-data\)$"):
         load_pairs(tmp_path / "ab")
 
 

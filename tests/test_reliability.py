@@ -115,6 +115,10 @@ def run_files(run_dir: Path) -> dict:
             out[relative] = without_timings(json.loads(path.read_text()))
         elif path.name == "config.yaml":
             out[relative] = {k: v for k, v in yaml.safe_load(path.read_text()).items() if k != "output"}
+        elif path.name == "run.json":  # the settings as requested and resolved, less the directory's name
+            record = json.loads(path.read_text())
+            out[relative] = {part: ({k: v for k, v in values.items() if k != "output"}
+                                    if part in ("requested", "resolved") else values) for part, values in record.items()}
         else:
             out[relative] = hashlib.sha256(path.read_bytes()).hexdigest()
     return out

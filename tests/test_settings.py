@@ -12,19 +12,19 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from marsrm import cli
-from marsrm.config import _BOUNDS, _base_type
+from marsrm.config import _BOUNDS, leaf_settings
 
 COMMANDS = {name: cls for name, (cls, _, _) in cli._commands().items()}
 
 
 def _fields(cls):
-    hints = typing.get_type_hints(cls)
-    for f in dataclasses.fields(cls):
+    """(dotted name, field, type) of every setting, a section's included."""
+    for name, f, kind, _ in leaf_settings(cls):
         if f.metadata.get("cli") is not False:
-            yield f, *_base_type(hints[f.name])
+            yield name, f, kind
 
 
-CASES = [(command, f.name) for command, cls in COMMANDS.items() for f, _, _ in _fields(cls)]
+CASES = [(command, name) for command, cls in COMMANDS.items() for name, _, _ in _fields(cls)]
 
 
 def _number_outside(f, whole: bool):
@@ -93,7 +93,7 @@ def _check_refused(capsys, argv, setting, tmp_path):
 @given(data=st.data())
 def test_an_invalid_setting_is_one_line_and_exit_2(command, name, data, tmp_path, capsys):
     cls = COMMANDS[command]
-    f, kind, _ = next(item for item in _fields(cls) if item[0].name == name)
+    _, f, kind = next(item for item in _fields(cls) if item[0] == name)
     value = data.draw(invalid_values(f, kind), label=name)
     missing = str(tmp_path / "no-such-data.jsonl")  # a settings check must come before reading any data
     base = {"output": str(tmp_path / "out")} if "output" in {x.name for x in dataclasses.fields(cls)} else {}

@@ -13,6 +13,7 @@ import os
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 
@@ -24,11 +25,30 @@ from marsrm.loop import RunConfig, open_base_pool, run
 from marsrm.pipeline import load_split
 
 METRICS = ("accuracy", "auc", "mean_margin", "margin_snr", "ece")
+# The range each metric can take, which its interval over seeds is clipped to (None: unbounded).
+BOUNDS = {"accuracy": (0.0, 1.0), "auc": (0.0, 1.0), "mean_margin": None, "margin_snr": None, "ece": (0.0, 1.0)}
+
+
+@dataclass
+class BonSection:
+    """`marsrm compare`'s best-of-N after the runs (`--bon.gold`, or `bon: {gold: …}` in YAML)."""
+
+    gold: str | None = setting(None, "gold reward model: after the runs, best-of-N (`marsrm bon`) of each "
+                               "strategy's models on the held-out prompts, judged by it, into <output>/bon "
+                               "(docs/DOWNSTREAM.md); none = no best-of-N")
+    prompts: int = setting(200, "held-out prompts evaluated", ge=1)
+    ns: list[int] = setting([1, 2, 4, 8, 16], "N values, comma-separated", ge=1)
+    policy: str = setting("smollm2", "policy LM (default: SmolLM2-135M-Instruct, offline)")
+    max_new_tokens: int = setting(128, "tokens per sampled response at most", ge=1)
 
 
 @dataclass
 class CompareConfig(RunConfig):
     """`marsrm compare`: strategies side by side over several seeds, with paired intervals and plots."""
+
+    # settings that moved into the `bon` section; the old flat names still load (with a note)
+    RENAMED_SETTINGS: ClassVar[dict[str, str]] = {f"bon_{f.name}": f"bon.{f.name}"
+                                                  for f in dataclasses.fields(BonSection)}
 
     strategies: list[str] = setting(["none", "uniform", "west-of-n", "mars", "mars-signed"],
                                     "comma-separated strategies to compare", choices=list(alloc.STRATEGIES))
@@ -40,13 +60,7 @@ class CompareConfig(RunConfig):
                                  "outputs (config, results, metrics, per-pair margins and ids, per-round "
                                  "allocations; no weights) are copied to <record>/<strategy>/seed-<s>/, and a run "
                                  "recorded there with the same settings is not run again")
-    bon_gold: str | None = setting(None, "gold reward model: after the runs, best-of-N (`marsrm bon`) of each "
-                                   "strategy's first-seed model on the held-out prompts, judged by it, into "
-                                   "<output>/bon (docs/DOWNSTREAM.md)")
-    bon_prompts: int = setting(200, "best-of-N: held-out prompts evaluated", ge=1)
-    bon_ns: list[int] = setting([1, 2, 4, 8, 16], "best-of-N: N values, comma-separated", ge=1)
-    bon_policy: str = setting("smollm2", "best-of-N: policy LM (default: SmolLM2-135M-Instruct, offline)")
-    bon_max_new_tokens: int = setting(128, "best-of-N: tokens per sampled response at most", ge=1)
+    bon: BonSection = setting(BonSection(), "best-of-N after the runs")
 
     def validate(self) -> None:
         check_settings(self)
@@ -58,14 +72,11 @@ class CompareConfig(RunConfig):
             raise ConfigError(f"setting 'baseline': '{self.baseline}' is not among --strategies")
         for name in self.strategies:
             dataclasses.replace(self.run_config(name, self.seed), output="x").validate()
-        if self.bon_gold:
-            try:
-                self.bon_config().validate()
-            except ConfigError as err:  # name the setting as this command spells it: 'ns' → 'bon_ns'
-                raise ConfigError(str(err).replace("setting '", "setting 'bon_", 1)) from None
+        if self.bon.gold:
+            self.bon_config().validate()
 
     def bon_config(self):
-        """`marsrm bon` on this comparison's split: each strategy's models (every seed), judged by `bon_gold`."""
+        """`marsrm bon` on this comparison's split: each strategy's models (every seed), judged by `bon.gold`."""
         from marsrm.bon import BonConfig
         from marsrm.pipeline import DataSettings
 
@@ -73,9 +84,8 @@ class CompareConfig(RunConfig):
         data.update(split_seed=self.data_seed)  # the split every run used
         models = [f"{s}={Path(self.output) / s / f'seed-{self.seed + k}' / 'model'}"
                   for s in self.strategies for k in range(self.seeds)]
-        return BonConfig(**data, models=models, gold=self.bon_gold, prompts=self.bon_prompts, ns=self.bon_ns,
-                         policy=self.bon_policy, max_new_tokens=self.bon_max_new_tokens,
-                         n_resamples=self.n_resamples, output=str(Path(self.output) / "bon"), progress=self.progress)
+        return BonConfig(**data, **dataclasses.asdict(self.bon), models=models, n_resamples=self.n_resamples,
+                         output=str(Path(self.output) / "bon"), progress=self.progress)
 
     def run_config(self, strategy: str, seed: int) -> RunConfig:
         fields = {f.name for f in dataclasses.fields(RunConfig)}
@@ -138,24 +148,14 @@ def _compare(config: CompareConfig, echo, pool, split) -> dict:
         _prewarm(config, split, echo, pool)
     workers = 1 if pool is not None else config.workers or max(1, min(len(jobs), (os.cpu_count() or 2) // 2))
     echo(f"{len(jobs)} runs ({len(config.strategies)} strategies × {config.seeds} seeds) on {workers} process(es)")
-    if workers == 1:
-        for job in jobs:
-            echo("{} seed {}: {}".format(*_run_one(job, pool, _record_dir(config, job))))
-    else:
-        import multiprocessing
-
-        os.environ.setdefault("MARSRM_THREADS", str(max(1, (os.cpu_count() or 2) // workers)))
-        with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
-            futures = [pool.submit(_run_one, job, None, _record_dir(config, job)) for job in jobs]
-            for future in as_completed(futures):
-                echo("{} seed {}: {}".format(*future.result()))
+    _run_all(config, jobs, workers, echo, pool)
 
     runs = load_runs(config)
     summary = summarise(config, runs)
     if config.record:
         atomic_write_text(Path(config.record) / "config.yaml", to_yaml(config))
         atomic_write_json(Path(config.record) / "summary.json", summary)
-    if config.bon_gold:
+    if config.bon.gold:
         from marsrm.bon import bon
 
         echo("best-of-N with each strategy's first-seed model, judged by the gold model …")
@@ -169,6 +169,29 @@ def _compare(config: CompareConfig, echo, pool, split) -> dict:
     echo(format_summary(summary))
     echo(f"report: {report}")
     return summary
+
+
+def _run_all(config: CompareConfig, jobs: list[RunConfig], workers: int, echo, pool=None) -> None:
+    """Every job, in this process or over `workers` processes, under one progress bar (with ETA) over the runs."""
+    from tqdm.auto import tqdm
+
+    with tqdm(total=len(jobs), desc="compare", unit="run", disable=not config.progress) as bar:
+        def finished(outcome):
+            with bar.external_write_mode():  # the line above the bar, not through it
+                echo("{} seed {}: {}".format(*outcome))
+            bar.update()
+
+        if workers == 1:
+            for job in jobs:
+                finished(_run_one(job, pool, _record_dir(config, job)))
+            return
+        import multiprocessing
+
+        os.environ.setdefault("MARSRM_THREADS", str(max(1, (os.cpu_count() or 2) // workers)))
+        with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as executor:
+            futures = [executor.submit(_run_one, job, None, _record_dir(config, job)) for job in jobs]
+            for future in as_completed(futures):
+                finished(future.result())
 
 
 def _prewarm(config: CompareConfig, split, echo, pool=None) -> None:
@@ -220,10 +243,12 @@ def summarise(config: CompareConfig, runs: dict | None = None) -> dict:
     right = {s: np.stack([r["eval_margins"] > 0 for r in results], axis=1) for s, results in runs.items()}
     correct = {s: ranked.mean(axis=1) for s, ranked in right.items()}
     for strategy, results in runs.items():
-        entry = {name: metrics.seed_interval([r["eval"][name]["value"] for r in results]) for name in METRICS}
+        entry = {name: metrics.seed_interval([r["eval"][name]["value"] for r in results], bounds=BOUNDS[name])
+                 for name in METRICS}
         entry["length_baseline_accuracy"] = results[0]["eval"].get("length_baseline_accuracy", {}).get("value")
         if "val" in results[0]:
-            entry["val_accuracy"] = metrics.seed_interval([r["val"]["accuracy"]["value"] for r in results])
+            entry["val_accuracy"] = metrics.seed_interval([r["val"]["accuracy"]["value"] for r in results],
+                                                         bounds=BOUNDS["accuracy"])
         entry["allocation"] = allocation_by_round(results)
         if strategy != config.baseline:
             interval = metrics.paired_bootstrap(correct[strategy], correct[config.baseline], stat=np.mean,

@@ -15,6 +15,7 @@ import argparse
 import dataclasses
 import math
 import operator
+import sys
 import types
 import typing
 from pathlib import Path
@@ -31,10 +32,46 @@ class ConfigError(ValueError):
 
 
 def setting(default, help: str, **metadata):
-    """A config field with its `--help` text, and optionally `choices` and bounds `ge`, `gt`, `le`, `lt`."""
+    """A config field with its `--help` text, and optionally `choices` and bounds `ge`, `gt`, `le`, `lt`.
+
+    A default that is itself a settings dataclass makes a section: its fields are flags `--NAME.FIELD` and a
+    mapping `NAME: {FIELD: …}` in YAML."""
     if isinstance(default, (list, dict)):
         return dataclasses.field(default_factory=lambda: type(default)(default), metadata={"help": help, **metadata})
+    if dataclasses.is_dataclass(default):
+        return dataclasses.field(default_factory=lambda: dataclasses.replace(default),
+                                 metadata={"help": help, **metadata})
     return dataclasses.field(default=default, metadata={"help": help, **metadata})
+
+
+def _renamed(cls) -> dict[str, str]:
+    """{old flat name: 'section.field'} of a config class whose settings moved into a section."""
+    return getattr(cls, "RENAMED_SETTINGS", {})
+
+
+def nest(cls, values: dict, origin: str, echo=None) -> dict:
+    """`values` with dotted keys (`bon.ns`) and old flat names (`bon_ns`, with a note to `echo`) gathered into
+    their sections' mappings, and dashes read as underscores."""
+    out: dict = {}
+    for key, value in values.items():
+        name = str(key).replace("-", "_")
+        if name in _renamed(cls) and not isinstance(value, dict):  # a mapping under a section's own name is it
+            new = _renamed(cls)[name]
+            if echo is not None:
+                section, _, field = new.partition(".")
+                echo(f"note: {origin}: setting '{name}' is now '{new}' ({section}: {{{field}: …}} in YAML, "
+                     f"--{new.replace('_', '-')} as a flag); the old name still works")
+            name = new
+        section, dot, field = name.partition(".")
+        if dot:
+            if not isinstance(out.get(section, {}), dict):
+                raise ConfigError(f"{origin}: setting '{section}': expected a mapping of its settings")
+            out.setdefault(section, {})[field] = value
+        elif isinstance(value, dict) and isinstance(out.get(name), dict):
+            out[name] = {**out[name], **value}
+        else:
+            out[name] = value
+    return out
 
 
 def _base_type(annotation):
@@ -109,8 +146,7 @@ def _problem(value, kind, f) -> str | None:
         (item,) = typing.get_args(kind)
         return next((p for p in (_problem(v, item, f) for v in value) if p), None)
     if dataclasses.is_dataclass(kind):
-        check_settings(value)
-        return None
+        return None if isinstance(value, kind) else f"expected a mapping of its settings (got {value!r})"
     fits = {bool: lambda v: isinstance(v, bool),
             int: lambda v: isinstance(v, int) and not isinstance(v, bool),
             float: lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v),
@@ -128,21 +164,26 @@ def _problem(value, kind, f) -> str | None:
     return None
 
 
-def check_settings(config) -> None:
+def check_settings(config, prefix: str = "") -> None:
     """Check every field of `config` against its declared type, choices and bounds; ConfigError names the first
-    that fails. No setting is read or coerced here: a value that fails is reported as given."""
+    that fails (`section.field` for a section's). No setting is read or coerced here: a value that fails is
+    reported as given."""
     hints = typing.get_type_hints(type(config))
     for f in dataclasses.fields(config):
         value = getattr(config, f.name)
         kind, optional = _base_type(hints[f.name])
+        name = prefix + f.name
         if value is None:
             if optional:
                 continue
-            raise ConfigError(f"setting '{f.name}': needs a value")
+            raise ConfigError(f"setting '{name}': needs a value")
+        if dataclasses.is_dataclass(kind) and isinstance(value, kind):
+            check_settings(value, f"{name}.")
+            continue
         problem = _problem(value, kind, f)
         if problem:
-            error = ConfigError(f"setting '{f.name}': {problem}")
-            error.setting = f.name
+            error = ConfigError(f"setting '{name}': {problem}")
+            error.setting = name
             raise error
 
 
@@ -186,14 +227,48 @@ def _expanded_nodes(node, seen: dict) -> int:
 
 
 def build_parser(cls, parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    """Add `--config` and one flag per field of dataclass `cls` to `parser`."""
+    """Add `--config` and one flag per field of dataclass `cls` to `parser` (`--section.field` for a section's)."""
     parser.add_argument("--config", type=Path, help="YAML file of settings; command-line flags override it")
+    _add_flags(cls, parser)
+    for old in _renamed(cls):  # the old flat flags keep working (hidden from --help)
+        kind, _ = _leaf_kind(cls, _renamed(cls)[old])
+        if kind is bool:
+            parser.add_argument("--" + old.replace("_", "-"), dest=old, action=argparse.BooleanOptionalAction,
+                                default=None, help=argparse.SUPPRESS)
+        else:
+            parser.add_argument("--" + old.replace("_", "-"), dest=old, type=str, default=None, help=argparse.SUPPRESS)
+    return parser
+
+
+def _leaf_kind(cls, path: str):
+    """(type, optional) of the setting at dotted `path` of `cls`."""
+    head, _, rest = path.partition(".")
+    kind, optional = _base_type(typing.get_type_hints(cls)[head])
+    return _leaf_kind(kind, rest) if rest else (kind, optional)
+
+
+def leaf_settings(cls, prefix: str = ""):
+    """Every setting of `cls` as (dotted path, field, type, optional), sections' settings included."""
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        kind, optional = _base_type(hints[f.name])
+        if dataclasses.is_dataclass(kind):
+            yield from leaf_settings(kind, f"{prefix}{f.name}.")
+        else:
+            yield f"{prefix}{f.name}", f, kind, optional
+
+
+def _add_flags(cls, parser: argparse.ArgumentParser, prefix: str = "") -> None:
     hints = typing.get_type_hints(cls)
     for f in dataclasses.fields(cls):
         if f.metadata.get("cli") is False:
             continue
         kind, optional = _base_type(hints[f.name])
-        flag = "--" + f.name.replace("_", "-")
+        if dataclasses.is_dataclass(kind):
+            _add_flags(kind, parser, f"{prefix}{f.name}.")
+            continue
+        flag = "--" + prefix + f.name.replace("_", "-")
+        dest = prefix + f.name
         default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
         help_text = f.metadata.get("help", "")
         if default is not None:
@@ -202,28 +277,37 @@ def build_parser(cls, parser: argparse.ArgumentParser) -> argparse.ArgumentParse
             help_text += " (default: none)"
         help_text = help_text.replace("%", "%%")  # argparse formats help
         if kind is bool:
-            parser.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction, default=None, help=help_text)
+            parser.add_argument(flag, dest=dest, action=argparse.BooleanOptionalAction, default=None, help=help_text)
         else:  # read as text here; `from_mapping` reads it as the field's type, so a flag and YAML fail alike
             choices = f.metadata.get("choices")
             if choices:
                 help_text += f"; one of {', '.join(map(str, choices))}"
-            parser.add_argument(flag, dest=f.name, type=_or_none(str) if optional else str, default=None,
+            parser.add_argument(flag, dest=dest, type=_or_none(str) if optional else str, default=None,
                                 help=help_text, metavar=f.name.upper())
-    return parser
 
 
-def from_mapping(cls, values: dict, origin: str = "config"):
-    """Build `cls` from a dict, refusing unknown keys (a typo must not pass silently)."""
+def from_mapping(cls, values: dict, origin: str = "config", prefix: str = ""):
+    """Build `cls` from a dict, refusing unknown keys (a typo must not pass silently); a section's settings are
+    named `prefix` + their name (`bon.ns`) in errors."""
     hints = typing.get_type_hints(cls)
     names = {f.name for f in dataclasses.fields(cls)}
     kwargs = {}
     for key, value in values.items():
-        name = key.replace("-", "_")
+        name = str(key).replace("-", "_")
         if name not in names:
-            raise ConfigError(f"{origin}: unknown setting '{key}' (known: {', '.join(sorted(names))})")
+            raise ConfigError(f"{origin}: unknown setting '{prefix}{key}' (known: {', '.join(sorted(names))})")
         kind, optional = _base_type(hints[name])
         if value is None and optional:
             kwargs[name] = None
+            continue
+        if dataclasses.is_dataclass(kind):  # a section: a mapping of its own settings
+            if isinstance(value, kind):
+                kwargs[name] = value
+            elif isinstance(value, dict):
+                kwargs[name] = from_mapping(kind, value, origin=origin, prefix=f"{prefix}{name}.")
+            else:
+                raise ConfigError(f"{origin}: setting '{prefix}{key}': expected a mapping of its settings "
+                                  f"(got {value!r})")
             continue
         try:
             kwargs[name] = read_value(value, kind)
@@ -231,35 +315,47 @@ def from_mapping(cls, values: dict, origin: str = "config"):
             expected = _KIND_NAMES.get(kind, getattr(kind, "__name__", str(kind)))
             if typing.get_origin(kind) is list:
                 expected = f"a list of {_KIND_NAMES.get(typing.get_args(kind)[0], 'values')} (comma-separated)"
-            raise ConfigError(f"{origin}: setting '{key}': expected {expected} (got {value!r})") from None
+            raise ConfigError(f"{origin}: setting '{prefix}{key}': expected {expected} (got {value!r})") from None
     return cls(**kwargs)
 
 
 def resolve(cls, args: argparse.Namespace):
     """YAML (if `--config`) then every flag the user actually gave; then `validate()` if the class has one."""
+    note = lambda line: print(f"marsrm: {line}", file=sys.stderr)  # noqa: E731
     values = {}
     if getattr(args, "config", None):
         path = Path(args.config)
         loaded = load_yaml(path) or {}
         if not isinstance(loaded, dict):
             raise ConfigError(f"{path}: expected a mapping of setting: value")
-        values.update({str(k).replace("-", "_"): v for k, v in loaded.items()})
+        values = nest(cls, loaded, str(path), echo=note)
     given = {}
-    for f in dataclasses.fields(cls):
-        flag = getattr(args, f.name, None)
+    for name in [path for path, *_ in leaf_settings(cls)] + list(_renamed(cls)):
+        flag = getattr(args, name, None)
         if flag is not None:
-            given[f.name] = None if flag is NONE_GIVEN else flag
+            given[name] = None if flag is NONE_GIVEN else flag
+    given = nest(cls, given, "command line", echo=note)
     config = from_mapping(cls, values, origin=str(getattr(args, "config", None) or "command line"))
-    config = from_mapping(cls, {**values, **given}, origin="command line") if given else config
+    if given:
+        merged = {**values, **{k: ({**values[k], **v} if isinstance(v, dict) and isinstance(values.get(k), dict)
+                                   else v) for k, v in given.items()}}
+        config = from_mapping(cls, merged, origin="command line")
     try:
         check_settings(config)
     except ConfigError as err:
-        if getattr(err, "setting", None) in values and err.setting not in given:
+        named = getattr(err, "setting", "")
+        from_file = named.partition(".")[0] in values and not _given(given, named)
+        if from_file:
             raise ConfigError(f"{args.config}: {err}") from None
         raise
     if hasattr(config, "validate"):
         config.validate()
     return config
+
+
+def _given(given: dict, path: str) -> bool:
+    section, _, field = path.partition(".")
+    return section in given and (not field or not isinstance(given[section], dict) or field in given[section])
 
 
 def to_yaml(config) -> str:

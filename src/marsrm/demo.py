@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
+from typing import ClassVar
 
 from marsrm.allocate import STRATEGIES
 from marsrm.config import setting
@@ -16,19 +17,30 @@ from marsrm.pipeline import TrainConfig
 
 
 @dataclass
+class DemoMars:
+    """The demo's second part, MARS end to end (`--mars.pairs`, or `mars: {pairs: …}` in YAML)."""
+
+    run: bool = setting(True, "run the MARS part after the plain reward model (--no-mars.run: stop after it)")
+    pairs: int = setting(100, "base pairs for the MARS part (paraphrased by the local model)", ge=1)
+    n: int = setting(2, "paraphrases per response in the demo pool", ge=1)
+    strategies: list[str] = setting(["none", "uniform", "west-of-n", "mars", "mars-signed"], "strategies compared",
+                                    choices=list(STRATEGIES))
+    seeds: int = setting(3, "seeds per strategy", ge=1)
+    rounds: int = setting(3, "rounds", ge=1)
+    budget: int = setting(300, "synthetic pairs per round", ge=0)
+
+
+@dataclass
 class DemoConfig(TrainConfig):
     """`marsrm demo`: head mode on 1,000 helpful-base pairs, then MARS end to end on a small local pool."""
 
+    # settings that moved into the `mars` section; the old flat names (and `--no-mars`) still load, with a note
+    RENAMED_SETTINGS: ClassVar[dict[str, str]] = {"mars": "mars.run", **{
+        f"mars_{f.name}": f"mars.{f.name}" for f in dataclasses.fields(DemoMars) if f.name != "run"}}
+
     output: str = setting("runs/demo", "demo directory (train/, pool/, compare/)")
     overwrite: bool = setting(True, "replace the previous demo's runs (the pool's paraphrases are reused)")
-    mars_pairs: int = setting(100, "base pairs for the MARS part (paraphrased by the local model)", ge=1)
-    mars_n: int = setting(2, "paraphrases per response in the demo pool", ge=1)
-    mars_strategies: list[str] = setting(["none", "uniform", "west-of-n", "mars", "mars-signed"],
-                                         "strategies compared", choices=list(STRATEGIES))
-    mars_seeds: int = setting(3, "seeds per strategy", ge=1)
-    mars_rounds: int = setting(3, "rounds", ge=1)
-    mars_budget: int = setting(300, "synthetic pairs per round", ge=0)
-    mars: bool = setting(True, "run the MARS part after the plain reward model")
+    mars: DemoMars = setting(DemoMars(), "the MARS part")
 
 
 def demo(config: DemoConfig, echo=print) -> dict:
@@ -41,21 +53,22 @@ def demo(config: DemoConfig, echo=print) -> dict:
     trained = pipeline.train(dataclasses.replace(config, output=str(out / "train")), echo=echo)
     echo(pipeline.format_table(trained["eval"]))
     results = {"train": trained}
-    if not config.mars:
+    mars = config.mars
+    if not mars.run:
         return results
 
-    echo(f"\n== 2. MARS on {config.mars_pairs} base pairs: a local-model pool, then the strategies side by side ==")
+    echo(f"\n== 2. MARS on {mars.pairs} base pairs: a local-model pool, then the strategies side by side ==")
     data = {f.name: getattr(config, f.name) for f in dataclasses.fields(pipeline.DataSettings)}
-    data.update(train_size=config.mars_pairs, val_size=0)
+    data.update(train_size=mars.pairs, val_size=0)
     pool_dir = out / "pool"
-    augment(AugmentConfig(**data, output=str(pool_dir), paraphraser="local", n=config.mars_n,
+    augment(AugmentConfig(**data, output=str(pool_dir), paraphraser="local", n=mars.n,
                           targets="responses", progress=config.progress), echo=echo)
     fields = {f.name for f in dataclasses.fields(CompareConfig)}
     shared = {k: v for k, v in dataclasses.asdict(config).items() if k in fields}
     shared.update(data)
-    comparison = CompareConfig(**{**shared, "pool": str(pool_dir), "strategies": config.mars_strategies,
-                                  "seeds": config.mars_seeds, "rounds": config.mars_rounds,
-                                  "budget": config.mars_budget, "output": str(out / "compare"),
+    comparison = CompareConfig(**{**shared, "pool": str(pool_dir), "strategies": mars.strategies,
+                                  "seeds": mars.seeds, "rounds": mars.rounds,
+                                  "budget": mars.budget, "output": str(out / "compare"),
                                   "overwrite": config.overwrite, "progress": False})
     results["compare"] = compare(comparison, echo=echo)
     echo(f"\ndemo finished. The comparison's report, with its plots: {out / 'compare' / 'report.md'}; the reward "

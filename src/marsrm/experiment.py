@@ -248,7 +248,9 @@ def efficiency_table(settings, runs: dict) -> str:
                 if strategy == baseline:
                     cells.append("—")
                     continue
-                diff = seed_interval([a[t][key] - b[t][key] for a, b in zip(logs, rounds[baseline])])
+                # a difference of two accuracies lies in [-1, 1]; of two losses, anywhere
+                diff = seed_interval([a[t][key] - b[t][key] for a, b in zip(logs, rounds[baseline])],
+                                     bounds=(-1.0, 1.0) if key == "eval_accuracy" else None)
                 cells.append(f"{diff['mean']:+.4f} [{diff['low']:+.4f}, {diff['high']:+.4f}]")
             lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"

@@ -242,12 +242,23 @@ def _jsonable(value):
 METRICS_FILE = "metrics.jsonl"
 
 
-class MetricsLog:
-    """Appends one JSON object per line to `metrics.jsonl`, and mirrors numbers to TensorBoard."""
+# Record fields that say where a line belongs, not how the run is doing: kept in metrics.jsonl, not plotted.
+BOOKKEEPING_FIELDS = frozenset({"step", "round", "seed"})
 
-    def __init__(self, run_dir: str | os.PathLike, tensorboard: bool = True):
+
+class MetricsLog:
+    """Appends one JSON object per line to `metrics.jsonl`, and mirrors numbers to TensorBoard.
+
+    Every field goes to metrics.jsonl; TensorBoard gets the numeric ones except `BOOKKEEPING_FIELDS`, as
+    `<event>/<field>` scalars, and on `close` the run's hyperparameters (hparams plugin, once per run): `hparams`,
+    or else the resolved settings in the run directory's config.yaml, flattened to `section.field`.
+    """
+
+    def __init__(self, run_dir: str | os.PathLike, tensorboard: bool = True, hparams: dict | None = None):
         self.path = Path(run_dir) / METRICS_FILE
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._hparams = hparams
+        self._tags: list[str] = []
         self._writer = None
         if tensorboard:
             try:
@@ -264,14 +275,51 @@ class MetricsLog:
         if self._writer is not None and step is not None:
             prefix = record.get("event", "metrics")
             for key, value in record.items():
-                if isinstance(value, (int, float)) and not isinstance(value, bool) and key != "step":
-                    self._writer.add_scalar(f"{prefix}/{key}", value, step)
+                if isinstance(value, (int, float)) and not isinstance(value, bool) and key not in BOOKKEEPING_FIELDS:
+                    tag = f"{prefix}/{key}"
+                    if tag not in self._tags:
+                        self._tags.append(tag)
+                    self._writer.add_scalar(tag, value, step)
+
+    def _write_hparams(self) -> None:
+        """The hparams plugin's three summaries, in this run's own directory beside its scalars (add_hparams would
+        start a second run in a subdirectory); the metrics it lists are the scalar tags logged."""
+        from torch.utils.tensorboard.summary import hparams as hparams_summaries
+
+        settings = self._hparams
+        if settings is None:
+            config = self.path.parent / "config.yaml"
+            if not config.exists():
+                return
+            import yaml
+
+            settings = yaml.safe_load(config.read_text(encoding="utf-8")) or {}
+        flat = hparam_values(settings)
+        if not flat:
+            return
+        for summary in hparams_summaries(flat, {tag: None for tag in self._tags}):
+            self._writer.file_writer.add_summary(summary)
 
     def close(self) -> None:
         if self._writer is not None:
+            self._write_hparams()
             self._writer.flush()
             self._writer.close()
             self._writer = None
+
+
+def hparam_values(settings: dict, prefix: str = "") -> dict:
+    """Nested settings as TensorBoard hyperparameters: {"section.field": number, bool or str}."""
+    flat = {}
+    for key, value in settings.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            flat.update(hparam_values(value, f"{name}."))
+        elif isinstance(value, (bool, int, float, str)):
+            flat[name] = value
+        else:  # lists and None: the plugin takes scalars only
+            flat[name] = json.dumps(value, default=str)
+    return flat
 
 
 def read_metrics(run_dir: str | os.PathLike, event: str | None = None) -> list[dict]:

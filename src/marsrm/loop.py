@@ -34,6 +34,7 @@ from marsrm.io import (MetricsLog, atomic_write, atomic_write_dir, atomic_write_
                        remove_temporaries, run_directory)
 from marsrm.learners import make_learner
 from marsrm.pipeline import TrainConfig, build_model, evaluate_scores, flat_values, load_split
+from marsrm.record import run_record
 from marsrm.train import make_accelerator
 
 @dataclass
@@ -59,7 +60,7 @@ class RunConfig(TrainConfig):
                                "larger is read from disk as rounds sample it, with the same results")
     round_resamples: int = setting(200, "bootstrap resamples for the per-round intervals", ge=1)
     resume: bool = setting(False, "continue the run in --output from its last completed round")
-    output: str = setting("runs/mars", "run directory (config.yaml, metrics.jsonl, rounds/, checkpoints/, "
+    output: str = setting("runs/mars", "run directory (config.yaml, run.json, metrics.jsonl, rounds/, checkpoints/, "
                           "model/, results.json)")
 
     def validate(self) -> None:
@@ -319,6 +320,7 @@ def _rounds(config: RunConfig, run_dir: Path, echo, pool, loaded) -> dict:
         echo(f"resuming {run_dir} at round {start_round}")
     else:
         atomic_write_text(run_dir / "config.yaml", to_yaml(config))
+        atomic_write_json(run_dir / "run.json", run_record(config))
         atomic_write_json(run_dir / "fingerprint.json", config_fingerprint(config))
 
     split, reports = loaded

@@ -28,6 +28,7 @@ from dataclasses import dataclass
 import numpy as np
 
 __all__ = [
+    "RELIABLE_SEEDS",
     "REWARDBENCH_SECTIONS",
     "Interval",
     "PairedComparison",
@@ -492,9 +493,18 @@ def paired_bootstrap(
     )
 
 
-def seed_interval(values: np.ndarray, level: float = 0.95) -> dict:
+# Below this many seeds a Student-t interval over seeds is too wide, or too unstable, to lean on.
+RELIABLE_SEEDS = 3
+
+
+def seed_interval(values: np.ndarray, level: float = 0.95, bounds: tuple[float, float] | None = None) -> dict:
     """Mean of per-seed values with a Student-t interval over seeds: {"mean", "low", "high", "n"} (no interval,
-    low = high = mean, for a single seed)."""
+    low = high = mean, for a single seed).
+
+    bounds: (lowest, highest) the metric can take, e.g. (0, 1) for accuracy and AUC, (-1, 1) for a difference
+    of two accuracies; the interval is clipped to it (the t-interval is symmetric and knows no range).
+    Fewer than `RELIABLE_SEEDS` values make the interval unreliable; reports say so.
+    """
     from scipy import stats
 
     values = np.asarray(values, dtype=np.float64)
@@ -502,7 +512,10 @@ def seed_interval(values: np.ndarray, level: float = 0.95) -> dict:
     if len(values) < 2:
         return {"mean": mean, "low": mean, "high": mean, "n": len(values)}
     half = float(stats.t.ppf(0.5 + level / 2, len(values) - 1) * values.std(ddof=1) / np.sqrt(len(values)))
-    return {"mean": mean, "low": mean - half, "high": mean + half, "n": len(values)}
+    low, high = mean - half, mean + half
+    if bounds is not None:
+        low, high = max(low, bounds[0]), min(high, bounds[1])
+    return {"mean": mean, "low": low, "high": high, "n": len(values)}
 
 
 def paired_seed_bootstrap(correct_a, correct_b, n_resamples: int = 1000, seed: int = 0,

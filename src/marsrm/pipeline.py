@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from marsrm import data as data_mod
-from marsrm import metrics
+from marsrm import metrics, record
 from marsrm.config import ConfigError, check_settings, setting, to_yaml
 from marsrm.io import MetricsLog, atomic_write_json, atomic_write_text, run_directory
 from marsrm.learners import make_learner
@@ -41,7 +41,8 @@ class DataSettings:
     rejected_field: str | None = setting(None, "column holding the rejected response (when not 'rejected')")
     margin_field: str | None = setting(None, "column holding a per-pair margin (TRL's 'margin')")
     subset_field: str | None = setting(None, "column holding a subset name (RewardBench's 'subset')")
-    split: str | None = setting(None, "split of a Hugging Face dataset to read")
+    split: str | None = setting(None, "split of --data to read when it has splits (default: a named source's "
+                                "published test split; a dataset's 'train', else 'test', else its only split)")
     preference: str = setting("better", "PKU-SafeRLHF: which preference marks the chosen response",
                               choices=["better", "safer"])
     identical: str = setting("drop", "pairs whose chosen and rejected responses are identical",
@@ -54,6 +55,11 @@ class DataSettings:
     val_size: int = setting(0, "validation pairs carved out of the training pairs", ge=0)
     eval_data: str | None = setting(None, "a separate source for the held-out pairs (then nothing is held out "
                                     "from --data)")
+    eval_split: str | None = setting(None, "split of --eval-data to read (default: its test split: a named "
+                                     "source's published one, a dataset's 'test', else its only split; never "
+                                     "--split, which applies to --data alone)")
+    allow_overlap: bool = setting(False, "accept held-out or validation pairs that also occur among the training "
+                                  "pairs (same prompt, chosen and rejected); off: refuse the run")
     seed: int = setting(0, "seed for the split, the initialisation and the batch order", ge=0, lt=2**32)
     split_seed: int | None = setting(None, "seed for the split alone (default: --seed); keeps the split fixed "
                                      "while --seed varies", ge=0, lt=2**32)
@@ -63,10 +69,15 @@ class DataSettings:
         return self.seed if self.split_seed is None else self.split_seed
 
     def load_kwargs(self) -> dict:
+        """`load_pairs`'s keywords for --data."""
         return dict(format=self.format, prompt_field=self.prompt_field, chosen_field=self.chosen_field,
                     rejected_field=self.rejected_field, margin_field=self.margin_field,
                     subset_field=self.subset_field, preference=self.preference, identical=self.identical,
                     prefix_mismatch=self.prefix_mismatch, empty=self.empty, split=self.split)
+
+    def eval_load_kwargs(self) -> dict:
+        """`load_pairs`'s keywords for --eval-data: its own split, the test split by default."""
+        return {**self.load_kwargs(), "split": self.eval_split, "default_splits": ("test",)}
 
 
 @dataclass
@@ -103,12 +114,14 @@ class TrainingSettings:
                                      ge=1)
     lr: float | None = setting(None, "AdamW learning rate (default: head 1e-3, full 3e-5)", gt=0)
     weight_decay: float | None = setting(None, "AdamW weight decay (default: head 0.01, full 0)", ge=0)
-    warmup_ratio: float | None = setting(None, "share of steps with linear warm-up (default: head 0, full 0.1)", ge=0, lt=1)
+    warmup_ratio: float | None = setting(None, "share of steps with linear warm-up (default: head 0, full 0.1)",
+                                         ge=0, lt=1)
     scheduler: str = setting("linear", "learning-rate decay", choices=["linear", "cosine", "constant",
                                                                         "constant_with_warmup"])
     grad_accum: int = setting(1, "gradient accumulation steps", ge=1)
     max_grad_norm: float = setting(1.0, "gradient clipping norm; 0 = off", ge=0)
-    center_rewards_coefficient: float = setting(0.0, "reward centering, as TRL's RewardTrainer: a penalty c·(r+ + r-)² per pair", ge=0)
+    center_rewards_coefficient: float = setting(0.0, "reward centering, as TRL's RewardTrainer: a penalty "
+                                                "c·(r+ + r-)² per pair", ge=0)
     use_margin: bool = setting(True, "subtract the data's per-pair margin column inside the loss when present")
     n_resamples: int = setting(1000, "bootstrap resamples for the 95% intervals", ge=1)
     log_every: int = setting(10, "optimizer steps between metric lines", ge=1)
@@ -118,7 +131,8 @@ class TrainingSettings:
 class TrainConfig(DataSettings, ModelSettings, TrainingSettings):
     """`marsrm train`: one reward model from preference pairs."""
 
-    output: str = setting("runs/train", "run directory (config, metrics.jsonl, tensorboard/, model/, results.json)")
+    output: str = setting("runs/train", "run directory (config.yaml, run.json, metrics.jsonl, tensorboard/, model/, "
+                          "results.json)")
     overwrite: bool = setting(False, "replace an existing run directory")
     progress: bool = setting(True, "show progress bars")
 
@@ -185,12 +199,15 @@ def check_max_length(backbone: str, max_length: int, *, trust_remote_code: bool 
 # ---------------------------------------------------------------------------------------------
 
 def load_split(config: DataSettings, echo=print) -> tuple[data_mod.Split, dict]:
-    """Load the pairs, print the load report, and split them (seeded)."""
+    """Load the pairs, print the load report, and split them (seeded).
+
+    Raises ConfigError when held-out or validation pairs also occur among the training pairs (same prompt, chosen
+    and rejected), unless `config.allow_overlap`; then the counts are printed and kept in the reports."""
     loaded = data_mod.load_pairs(config.data, **config.load_kwargs())
     echo(loaded.report.summary())
     reports = {"data": loaded.report.to_dict()}
     if config.eval_data:
-        held = data_mod.load_pairs(config.eval_data, **config.load_kwargs())
+        held = data_mod.load_pairs(config.eval_data, **config.eval_load_kwargs())
         echo(held.report.summary())
         reports["eval_data"] = held.report.to_dict()
         split = data_mod.split_pairs(loaded.pairs, train_size=config.train_size, eval_size=0,
@@ -203,7 +220,27 @@ def load_split(config: DataSettings, echo=print) -> tuple[data_mod.Split, dict]:
                                      val_size=config.val_size, seed=config.data_seed)
     echo(f"split (seed {config.data_seed}): {len(split.train)} train, {len(split.val)} validation, "
          f"{len(split.eval)} held out")
+    overlap = overlap_counts(split)
+    if any(overlap.values()):
+        found = f"{overlap['eval']} held-out and {overlap['val']} validation pairs also occur among the training pairs"
+        if not config.allow_overlap:
+            raise ConfigError(f"setting 'allow_overlap': {found} (same prompt, chosen and rejected), so the model "
+                              "would be scored on pairs it was trained on; evaluate on other pairs (--eval-data with "
+                              "--eval-split), or pass --allow-overlap (allow_overlap: true) to accept it")
+        echo(f"overlap: {found} (accepted: allow_overlap)")
+        reports["overlap"] = overlap
     return split, reports
+
+
+def overlap_counts(split: data_mod.Split) -> dict:
+    """{"eval": n, "val": n}: held-out and validation pairs whose prompt, chosen and rejected also occur in
+    `split.train` (ids are not compared: the same pair read from two sources has two ids)."""
+    def content(pair):
+        return (tuple((m["role"], m["content"]) for m in pair.prompt), pair.chosen, pair.rejected)
+
+    trained = {content(p) for p in split.train}
+    return {name: sum(content(p) in trained for p in pairs) for name, pairs in (("eval", split.eval),
+                                                                               ("val", split.val))}
 
 
 def evaluate_model(model, pairs, *, n_resamples: int = 1000, seed: int = 0, batch_size: int = 64) -> dict:
@@ -265,6 +302,7 @@ def train(config: TrainConfig, echo=print) -> dict:
         raise ConfigError("setting 'train_size': no training pairs")
     with run_directory(config.output, overwrite=config.overwrite) as run_dir:
         atomic_write_text(run_dir / "config.yaml", to_yaml(config))
+        atomic_write_json(run_dir / "run.json", record.run_record(config))
         log = MetricsLog(run_dir)
         started = time.perf_counter()
         model = build_model(config)

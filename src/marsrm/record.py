@@ -7,6 +7,9 @@ default, `tau: null` → the strategy's) and settings the run never uses left ou
 that keeps the old behaviour, and two commands that mean the same run (`uniform` with and without `--tau 2`)
 get the same fingerprint.
 
+`run_record` is a run directory's run.json: every setting as requested and as resolved on this machine, the
+versions of the software and the hardware it ran on.
+
 `record_run` copies a finished run's small outputs (config, results, metrics, per-pair margins and ids, the
 per-round allocations; never weights) into a results directory, written whole or not at all, so a comparison
 can be committed run by run and continued on another machine.
@@ -16,7 +19,10 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import os
+import platform
 import shutil
+from importlib import metadata
 from pathlib import Path
 
 from marsrm.io import atomic_write_dir
@@ -25,7 +31,7 @@ FINGERPRINT_VERSION = 2
 
 # Settings that never change what a run computes: where it writes, how it reports progress, what it may load.
 BOOKKEEPING = {"resume", "overwrite", "progress", "output", "pool_memory", "trust_remote_code", "allow_pickle",
-               "workers", "record"}
+               "workers", "record", "allow_overlap"}
 # Settings that, when continuing a killed run, may differ from the first attempt: more rounds extend it.
 RESUME_FREE = {"rounds"}
 HEAD_ONLY = {"pooling", "head_hidden", "embed_dtype"}
@@ -33,8 +39,8 @@ FULL_ONLY = {"lora_r", "lora_alpha", "mixed_precision", "dropout"}
 # Old name -> current name, for settings renamed since a run was fingerprinted.
 RENAMED: dict[str, str] = {}
 
-RECORDED_FILES = ("config.yaml", "fingerprint.json", "results.json", "metrics.jsonl", "val_margins.npy",
-                  "val_ids.json", "eval_margins.npy", "eval_ids.json")
+RECORDED_FILES = ("config.yaml", "run.json", "fingerprint.json", "results.json", "metrics.jsonl",
+                  "val_margins.npy", "val_ids.json", "eval_margins.npy", "eval_ids.json")
 RECORDED_DIRS = ("rounds",)
 
 
@@ -71,17 +77,27 @@ def pool_identity(pool: str | None) -> str | None:
     return hashlib.sha256(json.dumps(built, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def fingerprint(config) -> dict:
-    """The canonical settings of a `RunConfig` (see the module docstring); JSON-ready, keys sorted."""
+def resolved_settings(config) -> dict:
+    """Every setting of a `TrainConfig` or `RunConfig` as the run uses it: the optimisation settings left empty
+    take the mode's defaults, `split_seed` the seed, τ the strategy's default, 'auto' precision what this machine
+    resolves it to."""
     values = flat_settings(config)
-    strategy = config.strategy_record
     optim = config.optim()
     for name in ("epochs", "batch_size", "lr", "weight_decay", "warmup_ratio"):
         values[name] = getattr(optim, name)
     values["split_seed"] = config.data_seed
+    strategy = getattr(config, "strategy_record", None)
+    if strategy is not None and "tau" in strategy.defaults:
+        values["tau"] = config.tau if config.tau is not None else strategy.defaults["tau"]
+    _resolve_precision(values)
+    return values
+
+
+def fingerprint(config) -> dict:
+    """The canonical settings of a `RunConfig` (see the module docstring); JSON-ready, keys sorted."""
+    values = resolved_settings(config)
+    strategy = config.strategy_record
     uses = strategy.defaults
-    if "tau" in uses:
-        values["tau"] = config.tau if config.tau is not None else uses["tau"]
     drop = set(BOOKKEEPING)
     drop |= {"tau", "tau_scale", "beta"} - set(uses)
     if not (strategy.augments and config.budget > 0):
@@ -90,7 +106,6 @@ def fingerprint(config) -> dict:
     values = {k: v for k, v in values.items() if k not in drop}
     if "pool" in values:
         values["pool"] = pool_identity(values["pool"])
-    _resolve_precision(values)
     return json.loads(json.dumps(dict(sorted(values.items()))))
 
 
@@ -107,6 +122,43 @@ def _resolve_precision(values: dict) -> None:
             values["embed_dtype"] = resolve_dtype("auto", device)
         if values.get("mixed_precision") == "auto":
             values["mixed_precision"] = resolve_mixed_precision("auto", cpu=device.type == "cpu")
+
+
+def run_record(config) -> dict:
+    """run.json's payload: {"requested": the settings as given (config.yaml), "resolved": `resolved_settings`,
+    "versions": of the software, "hardware": what it ran on}; JSON-ready."""
+    return json.loads(json.dumps({"requested": dataclasses.asdict(config), "resolved": resolved_settings(config),
+                                  "versions": versions(), "hardware": hardware()}))
+
+
+def versions() -> dict:
+    """{package: version or None when not installed} for marsrm and what its numbers depend on, and Python's."""
+    found = {}
+    for name in ("marsrm", "torch", "transformers", "accelerate"):
+        try:
+            found[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            found[name] = None
+    found["python"] = platform.python_version()
+    return found
+
+
+def hardware() -> dict:
+    """{"cpu": model name, "cores", "native_bf16": of the CPU, "cuda": the GPU's name or None}."""
+    import torch
+
+    from marsrm.runtime import cpu_has_bf16
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace").splitlines():
+            if line.startswith("model name"):
+                cpu = line.partition(":")[2].strip()
+                break
+    except OSError:
+        pass
+    return {"cpu": cpu, "cores": os.cpu_count(), "native_bf16": cpu_has_bf16(),
+            "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None}
 
 
 def fingerprint_file_payload(config) -> dict:

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from marsrm.io import atomic_write, atomic_write_text, read_metrics
-from marsrm.metrics import win_rate_of
+from marsrm.metrics import RELIABLE_SEEDS, win_rate_of
 
 
 def _rounds(run_dir: str) -> list[dict]:
@@ -23,13 +23,36 @@ def _round_files(run_dir) -> list[Path]:
 
 
 def _save(fig, path: Path) -> str:
-    from matplotlib.ticker import MaxNLocator
+    from matplotlib.ticker import MaxNLocator, ScalarFormatter
 
     for ax in fig.axes:
         if ax.get_xlabel() == "round":
             ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+            ax.xaxis.set_major_formatter(ScalarFormatter())  # a box plot's fixed labels would slide off their boxes
+        for axis in (ax.xaxis, ax.yaxis):  # no "+0.2495" above the axis: every tick says its own value
+            if isinstance(axis.get_major_formatter(), ScalarFormatter):
+                axis.get_major_formatter().set_useOffset(False)
     atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight"))
     return path.name
+
+
+def _figure(panels: int, width: float, height: float, **kwargs):
+    """A row of `panels` axes under constrained layout, so the titles and the figure's title never overlap."""
+    import matplotlib.pyplot as plt
+
+    return plt.subplots(1, panels, figsize=(width * panels, height), squeeze=False, layout="constrained", **kwargs)
+
+
+def _seeds(runs: dict) -> str:
+    """The seeds a plot of means over seeds shows, as it says it: "seed 0" or "mean over seeds 0–4"."""
+    seeds = sorted({r["seed"] for results in runs.values() for r in results if "seed" in r})
+    if not seeds:
+        return "mean over seeds"
+    return f"seed {seeds[0]}" if len(seeds) == 1 else f"mean over seeds {seeds[0]}–{seeds[-1]}"
+
+
+def _first_seed(results: list[dict]) -> str:
+    return f"seed {results[0]['seed']}" if "seed" in results[0] else "first seed"
 
 
 def _per_round(runs: list[dict], key: str) -> np.ndarray | None:
@@ -41,24 +64,27 @@ def _per_round(runs: list[dict], key: str) -> np.ndarray | None:
 
 
 def plot_accuracy(runs: dict, out: Path) -> str:
+    """Validation (when there is a validation split) and held-out accuracy after each round, mean over seeds."""
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4), sharey=True)
-    for ax, key, title in ((axes[0], "val_accuracy", "validation"), (axes[1], "eval_accuracy", "held-out")):
-        for strategy, results in runs.items():
-            values = _per_round(results, key)
-            if values is None:
-                continue
+    curves = {key: {s: v for s, results in runs.items() if (v := _per_round(results, key)) is not None}
+              for key in ("val_accuracy", "eval_accuracy")}
+    panels = [(key, title) for key, title in (("val_accuracy", "validation"), ("eval_accuracy", "held-out"))
+              if curves[key]] or [("eval_accuracy", "held-out")]
+    fig, axes = _figure(len(panels), 5.5, 4, sharey=True)
+    for ax, (key, title) in zip(axes[0], panels):
+        for strategy, values in curves[key].items():
             rounds = np.arange(1, values.shape[1] + 1)
-            mean = values.mean(0)
-            ax.plot(rounds, mean, marker="o", label=strategy)
+            ax.plot(rounds, values.mean(0), marker="o", label=strategy)
             if len(values) > 1:
                 ax.fill_between(rounds, values.min(0), values.max(0), alpha=0.15)
-        ax.set_title(f"{title} accuracy after each round (band: min–max over seeds)")
+        ax.set_title(title)
         ax.set_xlabel("round")
         ax.grid(alpha=0.3)
-    axes[0].set_ylabel("pairwise accuracy")
-    axes[1].legend()
+    axes[0][0].set_ylabel("pairwise accuracy")  # the panels share it
+    axes[0][-1].legend()
+    band = "; band: min–max over seeds" if any(len(results) > 1 for results in runs.values()) else ""
+    fig.suptitle(f"Accuracy after each round ({_seeds(runs)}{band})")
     name = _save(fig, out / "accuracy_per_round.png")
     plt.close(fig)
     return name
@@ -68,15 +94,17 @@ def plot_margins(runs: dict, out: Path) -> str:
     """Base-set margin distributions at the start of each round, one panel per strategy (first seed)."""
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, len(runs), figsize=(3.2 * len(runs), 3.6), sharey=True, squeeze=False)
+    fig, axes = _figure(len(runs), 3.2, 3.6, sharey=True)
     for ax, (strategy, results) in zip(axes[0], runs.items()):
-        run_dir = Path(results[0]["run_dir"])
-        data = [np.load(f)["margins"] for f in _round_files(run_dir)]
-        ax.boxplot(data, showfliers=False)
+        files = _round_files(results[0]["run_dir"])
+        rounds = [int(f.stem.split("-")[1]) for f in files]
+        # each box at its round's own position, so the integer round ticks of `_save` sit under the right box
+        ax.boxplot([np.load(f)["margins"] for f in files], positions=rounds, showfliers=False)
         ax.axhline(0, color="grey", lw=0.8)
-        ax.set_title(strategy)
+        ax.set_title(f"{strategy} ({_first_seed(results)})")
         ax.set_xlabel("round")
-    axes[0][0].set_ylabel("margin Δ on the base pairs")
+    axes[0][0].set_ylabel("margin Δ on the base pairs")  # the panels share it
+    fig.suptitle("Base-pair margins at the start of each round (whiskers: 1.5 IQR)")
     name = _save(fig, out / "margins_per_round.png")
     plt.close(fig)
     return name
@@ -85,19 +113,25 @@ def plot_margins(runs: dict, out: Path) -> str:
 def plot_budget(runs: dict, out: Path) -> str:
     """Budget each base pair got against its margin, in the last round (first seed)."""
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     from marsrm.allocate import STRATEGIES
 
     augmenting = {s: r for s, r in runs.items() if r[0].get("budget") and STRATEGIES[s].augments}
-    fig, axes = plt.subplots(1, max(1, len(augmenting)), figsize=(3.4 * max(1, len(augmenting)), 3.4),
-                             squeeze=False)
+    fig, axes = _figure(max(1, len(augmenting)), 3.4, 3.4)
     for ax, (strategy, results) in zip(axes[0], augmenting.items()):
         last = _round_files(results[0]["run_dir"])[-1]
         saved = np.load(last)
         ax.scatter(saved["margins"], saved["counts"], s=6, alpha=0.5)
-        ax.set_title(f"{strategy} ({last.stem})")
+        ax.set_title(f"{strategy} ({_first_seed(results)}, {last.stem.replace('-', ' ')})")
         ax.set_xlabel("margin Δ")
-    axes[0][0].set_ylabel("synthetic pairs allocated")
+        ax.set_ylabel("synthetic pairs allocated")
+        ax.yaxis.set_major_locator(MaxNLocator(integer=True, min_n_ticks=1))  # a count of pairs
+    if not augmenting:
+        axes[0][0].text(0.5, 0.5, "no strategy here augments", ha="center", va="center",
+                        transform=axes[0][0].transAxes)
+        axes[0][0].set_axis_off()
+    fig.suptitle("Budget per base pair against its margin, last round")
     name = _save(fig, out / "budget_vs_margin.png")
     plt.close(fig)
     return name
@@ -106,23 +140,35 @@ def plot_budget(runs: dict, out: Path) -> str:
 def plot_curvature(runs: dict, out: Path) -> str:
     import matplotlib.pyplot as plt
 
-    keys = [("mean_sigmoid_prime", "mean σ'(Δ) over the round's training pairs"),
-            ("hessian_smallest_nonzero_eigenvalue", "Hessian: smallest non-zero eigenvalue"),
-            ("hessian_condition_number", "Hessian: condition number")]
-    fig, axes = plt.subplots(1, len(keys), figsize=(15, 3.8))
-    for ax, (key, title) in zip(axes, keys):
+    keys = [("mean_sigmoid_prime", "mean σ'(Δ) over the round's training pairs", "mean σ'(Δ)"),
+            ("hessian_smallest_nonzero_eigenvalue", "Hessian: smallest non-zero eigenvalue", "eigenvalue"),
+            ("hessian_condition_number", "Hessian: condition number", "condition number (log scale)")]
+    fig, axes = _figure(len(keys), 5, 3.8)
+    for ax, (key, title, label) in zip(axes[0], keys):
         for strategy, results in runs.items():
             values = _per_round(results, key)
             if values is not None:
                 ax.plot(np.arange(1, values.shape[1] + 1), values.mean(0), marker="o", label=strategy)
         ax.set_title(title, fontsize=10)
         ax.set_xlabel("round")
+        ax.set_ylabel(label)
         ax.grid(alpha=0.3)
-    axes[-1].set_yscale("log")
-    axes[0].legend(fontsize=8)
+    axes[0][-1].set_yscale("log")
+    axes[0][0].legend(fontsize=8)
+    fig.suptitle(f"Curvature of the Bradley–Terry loss after each round ({_seeds(runs)})")
     name = _save(fig, out / "curvature_per_round.png")
     plt.close(fig)
     return name
+
+
+def few_seeds_warning(summary: dict) -> str | None:
+    """One line saying the intervals over seeds are unreliable, when the comparison has fewer than 3 seeds."""
+    seeds = summary["seeds"]
+    if seeds >= RELIABLE_SEEDS:
+        return None
+    return (f"warning: {seeds} seed{'s' if seeds > 1 else ''} per strategy: the intervals over seeds are unreliable "
+            f"({'none can be drawn from one seed' if seeds == 1 else 'a t-interval from 2 seeds is very wide'}); "
+            f"use --seeds {RELIABLE_SEEDS} or more")
 
 
 def format_summary(summary: dict) -> str:
@@ -139,7 +185,8 @@ def format_summary(summary: dict) -> str:
             interval = f"[{diff['low']:+.4f}, {diff['high']:+.4f}]"
             line += f"{diff['value']:>+20.4f}{interval:>22}{entry['vs_baseline']['seeds_won']:>11.2f}"
         lines.append(line)
-    return "\n".join(lines)
+    warning = few_seeds_warning(summary)
+    return "\n".join(lines + ([warning] if warning else []))
 
 
 def write_report(config, summary: dict, runs: dict) -> Path:
@@ -159,7 +206,9 @@ def write_report(config, summary: dict, runs: dict) -> Path:
              f"{summary['eval_pairs']} held out) · mode `{config.mode}` · backbone `{config.backbone}` · "
              f"{config.rounds} rounds · budget {config.budget} per round · seeds {config.seed}–"
              f"{config.seed + config.seeds - 1} · pool `{config.pool}`", "",
-             "## Held-out metrics (mean over seeds, 95% Student-t interval over seeds)", "",
+             "## Held-out metrics (mean over seeds, 95% Student-t interval over seeds, clipped to the metric's "
+             "range)", "",
+             *([f"> {few_seeds_warning(summary)}", ""] if few_seeds_warning(summary) else []),
              "| strategy | accuracy | ROC-AUC | mean margin | margin SNR | ECE | validation accuracy |",
              "|---|---|---|---|---|---|---|"]
     cell = lambda e: f"{e['mean']:.4f} [{e['low']:.4f}, {e['high']:.4f}]"  # noqa: E731

@@ -66,12 +66,14 @@ class SimulationSettings:
 
     dim: int = setting(32, "feature dimension d", ge=1)
     base_pairs: int = setting(300, "base pairs N", ge=10)
-    paraphrases: int = setting(5, "perturbations per response; each pair's pool holds paraphrases² crossed variants", ge=1)
+    paraphrases: int = setting(5, "perturbations per response; each pair's pool holds paraphrases² crossed variants",
+                               ge=1)
     held_out: int = setting(4000, "fresh held-out pairs per seed, scored against the true reward", ge=1)
     signal: float = setting(4.0, "standard deviation of the true margin w*ᵀΔφ", gt=0)
     rounds: int = setting(5, "rounds of margins → allocation → sample → one epoch", ge=1)
     budget: int = setting(600, "synthetic pairs sampled per round B", ge=0)
-    lr: float = setting(0.02, "AdamW learning rate (0.02: best for uniform on seeds 100–109, see docs/CONTROL.md)", gt=0)
+    lr: float = setting(0.02, "AdamW learning rate (0.02: best for uniform on seeds 100–109, see docs/CONTROL.md)",
+                        gt=0)
     batch_size: int = setting(32, "pairs per optimizer step", ge=1)
     weight_decay: float = setting(0.0, "AdamW weight decay", ge=0)
     seeds: int = setting(40, "seeds per cell, paired between strategies (at least 2)", ge=2)
@@ -87,7 +89,8 @@ class SimulationSettings:
     paper_tau: float = setting(0.1, "mars τ in the paper's form (raw margins)", ge=0)
     paper_tau_signed: float = setting(0.5, "mars-signed τ in the paper's form (raw margins)", ge=0)
     tau: float = setting(3.0, "mars τ on margins in units of the round's std (the concentrated form)", ge=0)
-    tau_signed: float = setting(1.5, "mars-signed τ on margins in units of the round's std (the concentrated form)", ge=0)
+    tau_signed: float = setting(1.5, "mars-signed τ on margins in units of the round's std (the concentrated form)",
+                                ge=0)
     trainer: str = setting("numpy", "numpy: `bt_epoch`, train_epochs' semantics for a linear head in numpy (fast); "
                            "library: marsrm.train.train_epochs itself (about 100× slower here)",
                            choices=list(TRAINERS))

@@ -36,7 +36,8 @@ class Quirk:
 class LoadReport:
     """What `load_pairs` read and decided.
 
-    source: the name ids start with; location: where it was read from; format: as detected or forced.
+    source: the name ids start with; location: where it was read from; format: as detected or forced;
+    split: the split read, for a source with splits (a dataset folder or hub dataset, a named source), else None.
     rows: records read; kept: pairs returned; quirks: per quirk (identical, prefix_mismatch, empty) its
     count over all rows, the action taken and the ids; dropped: ids of the pairs not returned.
     """
@@ -48,10 +49,12 @@ class LoadReport:
     kept: int = 0
     quirks: dict[str, Quirk] = field(default_factory=dict)
     dropped: list[str] = field(default_factory=list)
+    split: str | None = None
 
     def summary(self) -> str:
         """A few lines for the command line: what was read, kept, and each quirk's count and action."""
-        lines = [f"{self.source}: {self.rows:,} rows read ({self.format} format, from {self.location})",
+        split = f", split {self.split!r}" if self.split is not None else ""
+        lines = [f"{self.source}: {self.rows:,} rows read ({self.format} format{split}, from {self.location})",
                  f"  {self.kept:,} pairs kept, {len(self.dropped):,} dropped"]
         for quirk in self.quirks.values():
             lines.append(f"  {quirk.rule}: {quirk.count:,} -> {quirk.action}")
@@ -103,7 +106,8 @@ def load_pairs(source, *, format: str = "auto", prompt_field: str | None = None,
                chosen_field: str | None = None, rejected_field: str | None = None,
                margin_field: str | None = None, subset_field: str | None = None, preference: str = "better",
                identical: str = "drop", prefix_mismatch: str = "keep-chosen", empty: str = "keep",
-               split: str | None = None, id_field: str | None = "id") -> LoadResult:
+               split: str | None = None, default_splits: tuple[str, ...] = ("train", "test"),
+               id_field: str | None = "id") -> LoadResult:
     """Read preference pairs from a file, a dataset folder, a hub dataset or a named source.
 
     source: a .jsonl/.jsonl.gz/.json/.parquet/.csv file, a folder saved with `save_to_disk`, a named source
@@ -117,8 +121,9 @@ def load_pairs(source, *, format: str = "auto", prompt_field: str | None = None,
         dialogues before the final turn differ.
     empty: "keep" (default; an empty answer is a legitimately bad answer) or "drop" pairs with a
         whitespace-only response.
-    split: the split of a DatasetDict folder or hub dataset (default "train", else "test"); for a named
-        source, a split other than the published test split skips local copies.
+    split: the split of a DatasetDict folder or hub dataset (default: the first of `default_splits` it has,
+        else its only split); for a named source (default: its published test split), a split other than the
+        published test split skips local copies. The report names the split read.
     id_field: a column holding the pair's own id (files written by `save_pairs_jsonl` have one); records
         without it get "<source-name>:<line-or-row>", 1-based. Ids must be unique.
     Returns the kept pairs in input order and a `LoadReport`. Raises DataError, one line naming the file,
@@ -136,9 +141,9 @@ def load_pairs(source, *, format: str = "auto", prompt_field: str | None = None,
                      subset=subset_field or "subset", margin_required=margin_field is not None,
                      subset_required=subset_field is not None, id=id_field,
                      mapped=tuple((setting, column) for setting, column in given.items() if column))
-    rows, named = _open_source(source, split)
+    rows, named = _open_source(source, split, tuple(default_splits))
     actions = {"identical": identical, "prefix_mismatch": prefix_mismatch, "empty": empty}
-    report = LoadReport(rows.name, rows.where, format,
+    report = LoadReport(rows.name, rows.where, format, split=rows.split,
                         quirks={name: Quirk(rule, actions[name]) for name, rule in QUIRK_RULES.items()})
     pairs: list[PreferencePair] = []
     first_seen: dict[str, str] = {}

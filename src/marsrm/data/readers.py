@@ -28,6 +28,7 @@ class _Rows:
     records: Iterator[tuple[int, Any]]
     label: str = ""  # the name errors give, when it differs from `name`: a named source's file
     uniform: bool = False  # a table: every record has the same columns
+    split: str | None = None  # the split read, for a source that has splits
 
     @property
     def file(self) -> str:
@@ -244,29 +245,31 @@ def _read_with_datasets(path: Path, kind: str) -> _Rows:
     return _Rows(name, str(path), "row", _dataset_records(dataset, name), uniform=True)
 
 
-def _pick_split(dataset, split: str | None, name: str):
-    """One split of a DatasetDict: `split`, else "train", else "test", else the only one."""
+def _pick_split(dataset, split: str | None, name: str, defaults: tuple[str, ...] = ("train", "test")):
+    """(one split of a DatasetDict, its name): `split`, else the first of `defaults` it has, else the only one.
+    A single dataset is returned with the name None."""
     import datasets
 
     if not isinstance(dataset, datasets.DatasetDict):
         if split is not None:
             raise DataError(f"{name}: split={split!r} given, but it holds a single dataset, not a "
                             "DatasetDict; leave split unset")
-        return dataset
+        return dataset, None
     splits = sorted(dataset)
     if split is not None:
         if split not in dataset:
             raise DataError(f"{name}: no split {split!r}; it has {splits}; pass split= one of them")
-        return dataset[split]
-    for default in ("train", "test"):
+        return dataset[split], split
+    for default in defaults:
         if default in dataset:
-            return dataset[default]
+            return dataset[default], default
     if len(splits) == 1:
-        return dataset[splits[0]]
-    raise DataError(f"{name}: several splits {splits} and none is 'train' or 'test'; pass split=")
+        return dataset[splits[0]], splits[0]
+    raise DataError(f"{name}: several splits {splits} and none is {' or '.join(map(repr, defaults))}; pass split= "
+                    "(on the command line --split for --data, --eval-split for --eval-data)")
 
 
-def _read_saved_dataset(path: Path, split: str | None) -> _Rows:
+def _read_saved_dataset(path: Path, split: str | None, defaults: tuple[str, ...] = ("train", "test")) -> _Rows:
     import datasets
 
     try:
@@ -274,5 +277,6 @@ def _read_saved_dataset(path: Path, split: str | None) -> _Rows:
     except Exception as error:  # datasets raises FileNotFoundError or its own types for a foreign folder
         raise DataError(f"{path.name}: not a dataset saved with Dataset.save_to_disk ({_first_line(error)}); "
                         "point at a data file or a saved dataset folder") from None
-    dataset = _pick_split(dataset, split, path.name)
-    return _Rows(path.name, str(path), "row", _dataset_records(dataset, path.name, "dataset"), uniform=True)
+    dataset, split = _pick_split(dataset, split, path.name, defaults)
+    return _Rows(path.name, str(path), "row", _dataset_records(dataset, path.name, "dataset"), uniform=True,
+                 split=split)

@@ -161,12 +161,15 @@ def _load_hub_dataset(name: str, **kwargs):
         raise DataError(_first_line(error)) from None
 
 
-def _open_source(source, split: str | None) -> tuple[_Rows, Source | None]:
-    """Turn `source` (a path, a named source or a hub name) into records; the Source when it was named."""
+def _open_source(source, split: str | None,
+                 defaults: tuple[str, ...] = ("train", "test")) -> tuple[_Rows, Source | None]:
+    """Turn `source` (a path, a named source or a hub name) into records; the Source when it was named.
+    defaults: the splits tried in order when `split` is None and the source has several (a named source
+    always defaults to its published test split)."""
     path = Path(source).expanduser()
     text = str(source)
     if path.is_dir():
-        return _read_saved_dataset(path, split), None
+        return _read_saved_dataset(path, split, defaults), None
     if path.is_file():
         if split is not None:
             raise DataError(f"{path.name}: split= applies to dataset folders and hub datasets, not to a file; "
@@ -187,7 +190,8 @@ def _open_source(source, split: str | None) -> tuple[_Rows, Source | None]:
         named = resolve_source(text, split=split)
         if named.path is not None:
             rows = _read_jsonl(named.path) if ".jsonl" in named.path.name else _read_with_datasets(named.path, "parquet")
-            return dataclasses.replace(rows, name=named.name, label=rows.name), named
+            rows = dataclasses.replace(rows, name=named.name, label=rows.name, split=named.hub_kwargs["split"])
+            return rows, named
         try:
             dataset = _load_hub_dataset(named.hub, **named.hub_kwargs)
         except DataError as error:
@@ -196,7 +200,8 @@ def _open_source(source, split: str | None) -> tuple[_Rows, Source | None]:
                             f"(load_dataset({named.hub!r}, {_kwargs_text(named.hub_kwargs)}): {error}); "
                             f"set MARS_DATA_DIR to a folder holding {named.expected}") from None
         where = f"hub {named.hub} ({_kwargs_text(named.hub_kwargs)})"
-        return _Rows(named.name, where, "row", _dataset_records(dataset, named.name, "dataset"), uniform=True), named
+        return _Rows(named.name, where, "row", _dataset_records(dataset, named.name, "dataset"), uniform=True,
+                     split=named.hub_kwargs["split"]), named
     looks_like_path = (isinstance(source, Path) or text.startswith(("/", ".", "~"))
                        or re.search(r"\.(jsonl|json|gz|parquet|csv)$", text, re.IGNORECASE))
     if not looks_like_path and re.fullmatch(r"[\w.-]+/[\w.-]+", text):
@@ -205,8 +210,10 @@ def _open_source(source, split: str | None) -> tuple[_Rows, Source | None]:
         except DataError as error:
             raise DataError(f"{text}: not a file here, not a named source, and load_dataset({text!r}) failed "
                             f"({error}); give a path to a local file or folder") from None
-        dataset = dataset if split else _pick_split(dataset, None, text)
-        return _Rows(text, f"hub {text}", "row", _dataset_records(dataset, text, "dataset"), uniform=True), None
+        if not split:
+            dataset, split = _pick_split(dataset, None, text, defaults)
+        return _Rows(text, f"hub {text}", "row", _dataset_records(dataset, text, "dataset"), uniform=True,
+                     split=split), None
     raise DataError(f"{text}: no such file or folder (and not a named source: hh-rlhf/<subset>, ultrafeedback, "
                     "pku-saferlhf); check the path")
 

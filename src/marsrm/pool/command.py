@@ -44,9 +44,11 @@ class AugmentConfig(DataSettings):
     top_p: float = setting(0.95, "nucleus sampling mass (local and openai)", gt=0, le=1)
     top_k: int = setting(50, "local: sample among the k most likely tokens", ge=1)
     no_repeat_ngram_size: int = setting(3, "local: never repeat an n-gram of this size (0 = off; the paper: 3)", ge=0)
-    length_ratio: float = setting(1.5, "a paraphrase may use this many times its source's length in tokens (+ slack)", gt=0)
+    length_ratio: float = setting(1.5, "a paraphrase may use this many times its source's length in tokens (+ slack)",
+                                  gt=0)
     max_new_tokens: int = setting(192, "hard cap on generated tokens per paraphrase (per chunk)", ge=1)
-    batch_size: int = setting(16, "local: sequences generated together (texts × n when sampling, texts × beams)", ge=1)
+    batch_size: int = setting(16, "local: sequences generated together (texts × n when sampling, texts × beams)",
+                              ge=1)
     device: str | None = setting(None, "local: torch device (default: cuda when available, else cpu)")
     dtype: str = setting("auto", "local: compute dtype; auto = fp32 on CPU (a text's outputs then do not depend on "
                          "batching), bf16 on GPU; bf16 is faster on CPUs with native bf16 but batching can change "
@@ -62,8 +64,10 @@ class AugmentConfig(DataSettings):
                                  + ", ".join(OPS) + ")", choices=list(OPS))
     wordnet_dir: str | None = setting(None, "lexical: folder with WordNet's index.* and data.* files (default: "
                                       "$WORDNET_DIR, else /usr/share/wordnet)")
-    min_cosine: float = setting(0.75, "label filter: drop paraphrases whose embedding cosine to the source is lower", ge=0, le=1)
-    min_length_ratio: float = setting(0.5, "label filter: drop paraphrases shorter than this × the source (words)", ge=0, le=1)
+    min_cosine: float = setting(0.75, "label filter: drop paraphrases whose embedding cosine to the source is lower",
+                                ge=0, le=1)
+    min_length_ratio: float = setting(0.5, "label filter: drop paraphrases shorter than this × the source (words)",
+                                      ge=0, le=1)
     max_length_ratio: float = setting(2.0, "label filter: drop paraphrases longer than this × the source (words)", ge=1)
     fallback: str = setting("drop", "a variant that would use a dropped paraphrase: drop it, or use the source text "
                             "in its place", choices=list(FALLBACKS))
