@@ -174,6 +174,16 @@ class EvalConfig(DataSettings):
 
     def validate(self) -> None:
         check_settings(self)
+        for name in ("eval_data", "eval_split", "allow_overlap"):  # training's settings, meaningless here
+            if getattr(self, name):
+                raise ConfigError(f"setting '{name}': `marsrm eval` scores the pairs of --data (and --split); "
+                                  f"drop --{name.replace('_', '-')}")
+
+    def load_kwargs(self) -> dict:
+        """`load_pairs`'s keywords: a dataset's test split by default, unless --train-size/--eval-size ask for the
+        held-out part of the split training drew from (its 'train' by default, as `marsrm train` reads it)."""
+        matching = bool(self.train_size or self.eval_size)
+        return {**super().load_kwargs(), "default_splits": ("train", "test") if matching else ("test",)}
 
 
 def check_max_length(backbone: str, max_length: int, *, trust_remote_code: bool = False) -> None:
