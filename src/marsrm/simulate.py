@@ -85,7 +85,7 @@ class SimulationSettings:
     arms: list[str] = setting(list(ARMS), "how variants are labelled: faithful (drawn from the true reward) or "
                               "inherited (the source pair's label)", choices=list(ARMS))
     strategies: list[str] = setting(list(CONTENDERS), "strategies to run; uniform is the baseline every other is "
-                                    f"compared with (known: {', '.join(CONTENDERS)})", choices=list(CONTENDERS))
+                                    "compared with", choices=list(CONTENDERS))
     paper_tau: float = setting(0.1, "mars τ in the paper's form (raw margins)", ge=0)
     paper_tau_signed: float = setting(0.5, "mars-signed τ in the paper's form (raw margins)", ge=0)
     tau: float = setting(3.0, "mars τ on margins in units of the round's std (the concentrated form)", ge=0)

@@ -60,8 +60,8 @@ class AugmentConfig(DataSettings):
     timeout: float = setting(60.0, "openai: seconds before a request is abandoned and retried", gt=0)
     retries: int = setting(4, "openai: retries per request on timeouts, 429 and 5xx (exponential backoff)", ge=0)
     eda_alpha: float = setting(0.1, "lexical: share of words an edit touches", gt=0, le=1)
-    eda_ops: list[str] = setting(list(OPS), "lexical: edits, one per paraphrase in turn (comma-separated: "
-                                 + ", ".join(OPS) + ")", choices=list(OPS))
+    eda_ops: list[str] = setting(list(OPS), "lexical: edits, one per paraphrase in turn (comma-separated)",
+                                 choices=list(OPS))
     wordnet_dir: str | None = setting(None, "lexical: folder with WordNet's index.* and data.* files (default: "
                                       "$WORDNET_DIR, else /usr/share/wordnet)")
     min_cosine: float = setting(0.75, "label filter: drop paraphrases whose embedding cosine to the source is lower",
