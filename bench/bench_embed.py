@@ -15,7 +15,7 @@ order (pair 1 chosen, pair 1 rejected, pair 2 chosen, …), `max_length` tokens 
 shared machine drifting during the run falls on all three alike; each pass's time is its sum over the chunks
 (`Encoder.embed` is called once per chunk, so it sorts within a chunk).
 
-Then head-mode accuracy with fp32 against bf16 embeddings: `marsrm.pipeline.train` (what `marsrm train` runs),
+Then head-mode accuracy with fp32 against bf16 embeddings: `marsrm.commands.train.train` (what `marsrm train` runs),
 `--mode head`, 1,000 train pairs, the rest held out, `--embed-dtype fp32` vs `--embed-dtype bf16`, per seed,
 with a paired bootstrap interval of the accuracy difference on the same held-out pairs.
 Model loading is outside every timing.
@@ -104,7 +104,8 @@ def cosine(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 def head_accuracy(args, seed: int, embed_dtype: str, workdir: Path) -> tuple[dict, np.ndarray]:
     """`marsrm train --mode head --embed-dtype X` on the pipeline; held-out margins from the saved model."""
     from marsrm.model import load_reward_model
-    from marsrm.pipeline import TrainConfig, load_split, train
+    from marsrm.commands.train import TrainConfig, train
+    from marsrm.pipeline import load_split
 
     config = TrainConfig(mode="head", data=args.data, train_size=args.train_pairs, seed=seed,
                          max_length=args.max_length, embed_dtype=embed_dtype, progress=False,

@@ -44,17 +44,17 @@ def allocation_at_scale(pairs: int = 4000, variants: int = 25, budget: int = 800
 
 
 def full_mode_rounds(base_pairs: int, budget: int, rounds: int) -> dict:
-    from marsrm.loop import RunConfig, run
+    from marsrm.commands.run import RunConfig, run
     from test_loop import DropoutPool  # the tests' word-dropout pool: cheap, and the loop does not care
     from marsrm.data import load_pairs
+    from marsrm.io import read_metrics
 
     run_dir = Path(tempfile.mkdtemp()) / "full"
     config = RunConfig(mode="full", strategy="mars", data="hh-rlhf/helpful-base", train_size=base_pairs,
                        eval_size=200, rounds=rounds, budget=budget, max_length=128, batch_size=16,
                        output=str(run_dir), progress=False, n_resamples=100, round_resamples=50)
     run(config, pool=DropoutPool(load_pairs("hh-rlhf/helpful-base").pairs))
-    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-    records = [r for r in records if r.get("event") == "round"]
+    records = read_metrics(run_dir, event="round")
     keys = ("allocation_seconds", "train_seconds", "curvature_seconds", "eval_seconds")
     return {"rounds": [{k: r[k] for k in keys} for r in records],
             "allocation_share_of_round": [r["allocation_seconds"] / (r["allocation_seconds"] + r["train_seconds"])

@@ -100,7 +100,7 @@ def main(argv=None) -> int:
     from marsrm.data import load_pairs, split_pairs
     from marsrm.io import atomic_write_json, atomic_write_text
     from marsrm.pool import build_pool, make_paraphraser
-    from marsrm.pool.command import LazyEmbed
+    from marsrm.features import LazyEmbed
 
     hf_logging.set_verbosity_error()
     pairs = split_pairs(load_pairs(args.data).pairs, train_size=args.pairs, seed=0).train

@@ -77,7 +77,7 @@ class Padding:
 # ---------------------------------------------------------------------------------------------
 
 def make_config(args):
-    from marsrm.pipeline import TrainConfig
+    from marsrm.commands.train import TrainConfig
 
     return TrainConfig(mode="full", data=args.data, train_size=args.train_pairs, eval_size=args.eval_pairs,
                        seed=args.seed, max_length=args.max_length, batch_size=args.batch_size, lr=args.lr, epochs=1.0,

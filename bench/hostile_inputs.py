@@ -269,20 +269,20 @@ def injected(kind: str | None):
     if kind is None:
         yield
         return
-    from marsrm import pipeline
+    from marsrm.commands import train as train_command
 
-    real = pipeline.make_learner  # looked up in pipeline's namespace
+    real = train_command.make_learner  # looked up in the command's namespace
 
     def faulty(*args, **kwargs):
         if kind == "enospc":
             raise OSError(errno.ENOSPC, "No space left on device")
         raise KeyboardInterrupt if kind == "interrupt" else ZeroDivisionError("division by zero")
 
-    pipeline.make_learner = faulty
+    train_command.make_learner = faulty
     try:
         yield
     finally:
-        pipeline.make_learner = real
+        train_command.make_learner = real
 
 
 FINISHED = {  # a finished run of each command that writes one, for the cases to point --output at

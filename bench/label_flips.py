@@ -16,14 +16,13 @@ into `<output>/flips.json` and `<output>/table.md`.
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 import numpy as np
 import yaml
 
 from marsrm import flips as fl
-from marsrm.compare import CompareConfig
+from marsrm.commands.compare import CompareConfig
 from marsrm.config import from_mapping
 from marsrm.io import atomic_write_json, atomic_write_text
 from marsrm.loop import open_base_pool

@@ -13,7 +13,8 @@ from __future__ import annotations
 
 import argparse
 
-from marsrm.bon import BonConfig, held_out_prompts, prompt_key
+from marsrm.bon import held_out_prompts, prompt_key
+from marsrm.commands.bon import BonConfig
 from marsrm.data import HH_SUBSETS, load_pairs, save_pairs_jsonl
 
 

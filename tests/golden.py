@@ -126,8 +126,15 @@ def produce(directory: str | Path) -> dict:
     return out
 
 
+# Interval ends of a ratio (mean / std of the margins) bootstrapped over 4 held-out pairs: a resample whose margins
+# nearly agree divides by almost zero, so rounding that differs between CPUs moves them by ~1e-4 (seen between an
+# AVX-512 and another machine on the same code). Compared to 1e-3.
+ILL_CONDITIONED = ("margin_snr.low", "margin_snr.high")
+
+
 def compare(expected: dict, got: dict, *, rel: float = 1e-4, atol: float = 1e-4) -> list[str]:
-    """What differs between two `produce` outputs, one line each (numbers within rel/atol count as equal)."""
+    """What differs between two `produce` outputs, one line each (numbers within rel/atol count as equal; the
+    `ILL_CONDITIONED` ones within 1e-3)."""
     problems = []
     for name in sorted(set(expected) | set(got)):
         a, b = expected.get(name), got.get(name)
@@ -139,7 +146,8 @@ def compare(expected: dict, got: dict, *, rel: float = 1e-4, atol: float = 1e-4)
             if isinstance(x, dict) or isinstance(y, dict):
                 problems += [f"{name}.{line}" for line in compare({key: x or {}}, {key: y or {}}, rel=rel, atol=atol)]
             elif isinstance(x, float) and isinstance(y, (int, float)) and not isinstance(y, bool):
-                if not math.isclose(x, y, rel_tol=rel, abs_tol=atol):
+                loose = str(key).endswith(ILL_CONDITIONED)
+                if not math.isclose(x, y, rel_tol=max(rel, 1e-3) if loose else rel, abs_tol=atol):
                     problems.append(f"{name}: {key}: {x} → {y}")
             elif x != y:
                 problems.append(f"{name}: {key}: {x} → {y}")

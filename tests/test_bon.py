@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 import yaml
 
-from marsrm.bon import (BonConfig, Samples, best_of_n, best_of_n_scores, check_ns, format_result,
+from marsrm.commands.bon import BonConfig
+from marsrm.bon import (Samples, best_of_n, best_of_n_scores, check_ns, format_result,
                         generate_samples, held_out_prompts, model_names, pick, prompt_key, remove_overlap,
                         row_seed, training_prompts)
 from marsrm.cli import main
@@ -324,7 +325,7 @@ def runs(tmp_path_factory):
     import torch
 
     from marsrm import load_reward_model
-    from marsrm.pipeline import TrainConfig, train
+    from marsrm.commands.train import TrainConfig, train
 
     root = tmp_path_factory.mktemp("bon-runs")
     data = write_pairs(root / "pairs.jsonl")

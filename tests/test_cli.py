@@ -98,7 +98,7 @@ def test_the_demo_s_mars_section_and_its_old_flat_names(tmp_path, capsys):
     import argparse
 
     from marsrm.config import build_parser, resolve
-    from marsrm.demo import DemoConfig, DemoMars
+    from marsrm.commands.demo import DemoConfig, DemoMars
 
     def parse(*argv):
         return resolve(DemoConfig, build_parser(DemoConfig, argparse.ArgumentParser()).parse_args(argv)).mars

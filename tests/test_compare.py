@@ -3,7 +3,7 @@ import json
 
 import pytest
 
-from marsrm.compare import BonSection, CompareConfig, compare
+from marsrm.commands.compare import BonSection, CompareConfig, compare
 from marsrm.config import ConfigError
 from test_loop import DropoutPool
 

@@ -8,7 +8,7 @@ import pytest
 import yaml
 from safetensors import SafetensorError
 
-from marsrm import pipeline
+from marsrm.commands import train as train_command
 from marsrm.cli import main
 from marsrm.data import DataError
 
@@ -63,7 +63,7 @@ def test_full_disk(tmp_path, pairs, capsys, monkeypatch):
     def no_space(path, text):
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
 
-    monkeypatch.setattr(pipeline, "atomic_write_text", no_space)
+    monkeypatch.setattr(train_command, "atomic_write_text", no_space)
     assert train(tmp_path, pairs) == 2
     line = error_line(capsys)
     assert "config.yaml: No space left on device; free some disk space" in line
@@ -131,7 +131,7 @@ def test_multi_line_message_is_folded(tmp_path, pairs, capsys, monkeypatch):
     def fail(config, echo=print):
         raise DataError("pairs.jsonl: first\nsecond\n")
 
-    monkeypatch.setattr(pipeline, "train", fail)
+    monkeypatch.setattr(train_command, "train", fail)
     assert train(tmp_path, pairs) == 2
     assert error_line(capsys) == "marsrm train: error: pairs.jsonl: first second"
 
@@ -148,7 +148,7 @@ def test_every_user_error_type_is_one_line_and_exit_2(tmp_path, pairs, capsys, m
     def fail(config, echo=print):
         raise error
 
-    monkeypatch.setattr(pipeline, "train", fail)
+    monkeypatch.setattr(train_command, "train", fail)
     assert train(tmp_path, pairs) == 2
     assert text in error_line(capsys)
 
@@ -158,7 +158,7 @@ def bug(config, echo=print):
 
 
 def test_internal_error_exits_1_and_says_how_to_report(tmp_path, pairs, capsys, monkeypatch):
-    monkeypatch.setattr(pipeline, "train", bug)
+    monkeypatch.setattr(train_command, "train", bug)
     assert train(tmp_path, pairs) == 1
     lines = capsys.readouterr().err.splitlines()
     assert len(lines) == 1
@@ -168,7 +168,7 @@ def test_internal_error_exits_1_and_says_how_to_report(tmp_path, pairs, capsys, 
 
 @pytest.mark.parametrize("before", [True, False])
 def test_debug_shows_the_traceback(tmp_path, pairs, capsys, monkeypatch, before):
-    monkeypatch.setattr(pipeline, "train", bug)
+    monkeypatch.setattr(train_command, "train", bug)
     argv = ["train", "--data", str(pairs), "--output", str(tmp_path / "run")]
     assert main(["--debug", *argv] if before else [*argv, "--debug"]) == 1
     err = capsys.readouterr().err
@@ -186,6 +186,6 @@ def test_interrupt_exits_130(tmp_path, pairs, capsys, monkeypatch):
     def interrupted(config, echo=print):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(pipeline, "train", interrupted)
+    monkeypatch.setattr(train_command, "train", interrupted)
     assert train(tmp_path, pairs) == 130
     assert capsys.readouterr().err.splitlines() == ["marsrm train: interrupted"]

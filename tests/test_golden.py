@@ -23,3 +23,6 @@ def test_the_comparison_notices_a_moved_number():
     moved = golden.compare(expected, {"train": {"loss": 0.51, "pairs": 8}, "data": {"hh": {"texts": "ac"}}})
     assert moved == ["data.hh: texts: ab → ac", "train: loss: 0.5 → 0.51"]
     assert golden.compare(expected, {"train": expected["train"]}) == ["data: missing now"]
+    snr = {"run": {"eval.margin_snr.high": 26.036}}
+    assert golden.compare(snr, {"run": {"eval.margin_snr.high": 26.033}}) == []  # rounding between CPUs
+    assert golden.compare(snr, {"run": {"eval.margin_snr.high": 26.1}}) != []

@@ -1,5 +1,6 @@
 """The layout the README describes: imports between marsrm's modules run one way (no cycles, even through
-imports inside functions), the library never imports the command line, and a module over 450 lines says why."""
+imports inside functions), the library never imports the command line or the commands, each command lives in
+commands/, and a module over 450 lines says why."""
 import ast
 from pathlib import Path
 
@@ -68,6 +69,23 @@ def test_no_import_cycles_between_modules():
 def test_the_library_never_imports_the_command_line():
     graph = imports()
     assert [m for m, deps in graph.items() if "marsrm.cli" in deps and m != "marsrm.__main__"] == []
+
+
+def test_the_library_never_imports_the_commands():
+    graph = imports()
+    library = {m for m in graph if not m.startswith("marsrm.commands") and m not in ("marsrm.cli", "marsrm.__main__")}
+    assert len(library) > 25 and any(m.startswith("marsrm.commands.") for m in graph)
+    assert {m: sorted(d for d in graph[m] if d.startswith("marsrm.commands")) for m in library
+            if any(d.startswith("marsrm.commands") for d in graph[m])} == {}
+
+
+def test_every_command_has_its_config_and_function_in_commands():
+    from marsrm.commands import COMMANDS, command
+
+    for name in COMMANDS:
+        config_cls, function, _ = command(name)
+        assert config_cls.__module__ == function.__module__ == f"marsrm.commands.{COMMANDS[name][0]}"
+        assert config_cls.__name__.endswith("Config") and callable(function)
 
 
 def test_a_long_module_says_why_in_its_docstring():

@@ -1,13 +1,13 @@
 """The MARS rounds on real HH-RLHF pairs with a small in-memory pool (word-dropout variants)."""
 import dataclasses
-import json
 
 import numpy as np
 import pytest
 
 from marsrm.config import ConfigError
 from marsrm.data import load_pairs
-from marsrm.loop import RunConfig, run
+from marsrm.io import read_metrics
+from marsrm.commands.run import RunConfig, run
 
 
 class DropoutPool:
@@ -60,8 +60,7 @@ def data_path(hh_dir):
 
 
 def read_rounds(run_dir):
-    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()
-            if json.loads(line).get("event") == "round"]
+    return read_metrics(run_dir, event="round")
 
 
 @pytest.mark.slow

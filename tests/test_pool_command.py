@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 
 from marsrm.config import ConfigError, build_parser, resolve
-from marsrm.pool import AugmentConfig, PoolError, augment, open_pool
+from marsrm.commands.augment import AugmentConfig, augment
+from marsrm.pool import PoolError, open_pool
 
 FIXTURE = str(Path(__file__).parent / "fixtures" / "pool" / "pairs.jsonl")
 

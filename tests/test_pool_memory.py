@@ -10,11 +10,13 @@ import numpy as np
 import pytest
 
 from marsrm import loop
-from marsrm.compare import CompareConfig
+from marsrm.commands.compare import CompareConfig
 from marsrm.config import ConfigError, build_parser, resolve
 from marsrm.data import PreferencePair
-from marsrm.loop import BasePool, RunConfig, StreamedBasePool, open_base_pool, parse_size, run
-from marsrm.pool import AugmentConfig, augment, open_pool
+from marsrm.commands.run import RunConfig, config_fingerprint, run
+from marsrm.loop import BasePool, StreamedBasePool, open_base_pool, parse_size
+from marsrm.commands.augment import AugmentConfig, augment
+from marsrm.pool import open_pool
 from marsrm.pool.build import FORMAT, SHARD_PAIRS, estimated_memory, pair_to_dict, read_manifest, source_hash
 
 DATA = {"train_size": 24, "eval_size": 16, "val_size": 0, "seed": 0}
@@ -40,7 +42,7 @@ def test_a_budget_that_is_not_a_size_is_refused_naming_the_setting(value):
 
 
 def test_the_budget_does_not_enter_the_fingerprint_a_resume_checks():
-    assert "pool_memory" not in loop.config_fingerprint(RunConfig())
+    assert "pool_memory" not in config_fingerprint(RunConfig())
 
 
 # --- a synthetic pool on disk: several part files, many variants -----------------------------------------------

@@ -6,9 +6,9 @@ import shutil
 import pytest
 
 from marsrm import record
-from marsrm.compare import CompareConfig, compare
+from marsrm.commands.compare import CompareConfig, compare
 from marsrm.config import ConfigError
-from marsrm.loop import RunConfig
+from marsrm.commands.run import RunConfig
 from test_loop import DropoutPool
 
 
@@ -104,7 +104,7 @@ def test_auto_precision_is_fingerprinted_as_this_machine_resolves_it():
 @pytest.mark.slow
 def test_a_recorded_comparison_skips_its_runs_and_rebuilds_from_results_alone(tmp_path, hh_dir):
     from marsrm.data import load_pairs
-    from marsrm.experiment import ExperimentConfig, experiment
+    from marsrm.commands.experiment import ExperimentConfig, experiment
 
     data = str(hh_dir / "helpful-online-test.jsonl.gz")
     pool = DropoutPool(load_pairs(data).pairs)
@@ -154,7 +154,7 @@ def test_a_recorded_comparison_skips_its_runs_and_rebuilds_from_results_alone(tm
 
 
 def test_the_plan_is_checked_before_any_work(tmp_path):
-    from marsrm.experiment import ExperimentConfig
+    from marsrm.commands.experiment import ExperimentConfig
 
     plan = tmp_path / "plan.yaml"
     plan.write_text("experiments:\n  a: {pool: missing, strategies: [uniform]}\n")
@@ -171,7 +171,7 @@ def test_the_plan_is_checked_before_any_work(tmp_path):
 def test_the_committed_plan_is_valid():
     from pathlib import Path
 
-    from marsrm.experiment import ExperimentConfig, load_plan
+    from marsrm.commands.experiment import ExperimentConfig, load_plan
 
     plan = Path(__file__).resolve().parents[1] / "results" / "plan.yaml"
     ExperimentConfig(plan=str(plan)).validate()
@@ -183,7 +183,7 @@ def test_the_committed_tables_rebuild_from_the_committed_results(tmp_path):
     """`make results` on a fresh copy of results/ writes the same tables (and summaries) as are committed."""
     from pathlib import Path
 
-    from marsrm.experiment import ExperimentConfig, experiment
+    from marsrm.commands.experiment import ExperimentConfig, experiment
 
     committed = Path(__file__).resolve().parents[1] / "results"
     copy = tmp_path / "results"

@@ -177,7 +177,7 @@ LOOP_DATA = {"train_size": 40, "eval_size": 20, "val_size": 0, "seed": 0}
 def loop_setup(tmp_path_factory, hh_dir):
     """A pool directory for the first 40 training pairs (word-dropout variants, 3×3 per pair) and an embedding
     cache for all the runs of this module."""
-    from marsrm.loop import RunConfig
+    from marsrm.commands.run import RunConfig
     from marsrm.pipeline import load_split
 
     root = tmp_path_factory.mktemp("loop")
@@ -262,7 +262,7 @@ def test_a_kill_next_to_a_rounds_checkpoint_resumes_to_the_uninterrupted_run(loo
     from threadpoolctl import threadpool_limits
 
     import marsrm.loop
-    from marsrm.loop import RunConfig, run
+    from marsrm.commands.run import RunConfig, run
 
     monkeypatch.setenv("MARSRM_CACHE", str(loop_setup["cache"]))
     config = RunConfig(data=loop_setup["data"], **LOOP_DATA, pool=str(loop_setup["pool"]), rounds=3, budget=60,
@@ -613,7 +613,7 @@ def test_pair_ids_from_the_data_never_name_a_file(tmp_path, monkeypatch):
     the directories asked for, and no file or folder is named after an id."""
     from threadpoolctl import threadpool_limits
 
-    from marsrm.loop import RunConfig, run
+    from marsrm.commands.run import RunConfig, run
     from marsrm.pool import export_trl
 
     sandbox = tmp_path / "a" / "b" / "c"

@@ -11,8 +11,9 @@ import golden
 from marsrm import record
 from marsrm.cli import main
 from marsrm.config import ConfigError
-from marsrm.loop import RunConfig
-from marsrm.pipeline import DataSettings, TrainConfig, load_split
+from marsrm.commands.run import RunConfig
+from marsrm.commands.train import TrainConfig
+from marsrm.pipeline import DataSettings, load_split
 
 PAIRS = str(Path(__file__).parent / "fixtures" / "pool" / "pairs.jsonl")  # 12 HH-format pairs
 SMALL = ["--data", PAIRS, "--train-size", "8", "--eval-size", "4", "--max-length", "32", "--n-resamples", "20",
@@ -59,18 +60,18 @@ def test_split_applies_to_data_alone_and_eval_split_to_eval_data(tmp_path):
 
 
 def test_eval_scores_a_dataset_s_test_split_unless_asked_for_training_s_held_out_part(tmp_path, monkeypatch):
-    from marsrm import pipeline
-    from marsrm.pipeline import EvalConfig
+    from marsrm.commands import eval as eval_command
+    from marsrm.commands.eval import EvalConfig, evaluate
 
     folder = _dataset_dict(tmp_path, train=(0, 6), test=(6, 10))
     assert EvalConfig(data=folder).load_kwargs()["default_splits"] == ("test",)
     assert EvalConfig(data=folder, train_size=4).load_kwargs()["default_splits"] == ("train", "test")
     scored = []
-    monkeypatch.setattr(pipeline, "evaluate_model", lambda model, pairs, **kw: scored.append(pairs) or {})
+    monkeypatch.setattr(eval_command, "evaluate_model", lambda model, pairs, **kw: scored.append(pairs) or {})
     monkeypatch.setattr("marsrm.model.load_reward_model", lambda *a, **kw: None)
-    pipeline.evaluate(EvalConfig(data=folder, output=str(tmp_path / "e.json")), echo=lambda *_: None)
+    evaluate(EvalConfig(data=folder, output=str(tmp_path / "e.json")), echo=lambda *_: None)
     assert sorted(p.chosen for p in scored[-1]) == sorted(r["chosen"] for r in RECORDS[6:])
-    pipeline.evaluate(EvalConfig(data=folder, train_size=4, output=str(tmp_path / "e.json")), echo=lambda *_: None)
+    evaluate(EvalConfig(data=folder, train_size=4, output=str(tmp_path / "e.json")), echo=lambda *_: None)
     assert len(scored[-1]) == 2  # the 6 training-split pairs less the 4 drawn for training
     for setting in (["--eval-data", PAIRS], ["--eval-split", "test"], ["--allow-overlap"]):
         assert main(["eval", "--data", folder, "--model", "m", *setting]) == 2

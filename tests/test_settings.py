@@ -126,8 +126,9 @@ def test_checks_that_need_the_data_come_before_any_weights_or_output(command, ex
     def no_weights(*args, **kwargs):
         raise AssertionError("weights were loaded before the data was checked")
 
-    monkeypatch.setattr("marsrm.pipeline.build_model", no_weights)
-    monkeypatch.setattr("marsrm.loop.build_model", no_weights, raising=False)
+    for command in ("train", "run"):
+        monkeypatch.setattr(f"marsrm.commands.{command}.build_model", no_weights)
+    monkeypatch.setattr("marsrm.pipeline.build_model", no_weights)  # what compare imports
     rc = cli.main([command, *SMALL, *extra, "--output", str(tmp_path / "out")])
     lines = capsys.readouterr().err.strip().splitlines()
     assert rc == 2 and len(lines) == 1 and lines[0].startswith(f"marsrm {command}: error:"), lines

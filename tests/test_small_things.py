@@ -1,6 +1,5 @@
 """The small things users notice first: clipped intervals over seeds, the few-seeds warning, TensorBoard's
 hyperparameters and tags, compare's progress bar, readable plots, and no declared dependency left unused."""
-import json
 import re
 import tomllib
 from pathlib import Path
@@ -8,9 +7,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from marsrm import compare as compare_mod
+from marsrm.commands import compare as compare_mod
 from marsrm import report
-from marsrm.compare import METRICS, CompareConfig, summarise
+from marsrm.commands.compare import METRICS, CompareConfig, summarise
 from marsrm.io import MetricsLog, read_metrics
 from marsrm.metrics import seed_interval
 

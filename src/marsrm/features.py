@@ -218,3 +218,16 @@ def pool(hidden: torch.Tensor, mask: torch.Tensor, pooling: str) -> torch.Tensor
         return hidden[:, 0]
     last = mask.sum(1).long() - 1
     return hidden[torch.arange(hidden.shape[0], device=hidden.device), last]
+
+
+class LazyEmbed:
+    """`embed(texts)` through `marsrm.features.Encoder`, loaded on first use (a fully cached run never loads it)."""
+
+    def __init__(self, backbone: str, max_length: int = 256, dtype: str = "fp32"):
+        self.backbone, self.max_length, self.dtype = backbone, max_length, dtype
+        self._encoder = None
+
+    def __call__(self, texts):
+        if self._encoder is None:
+            self._encoder = Encoder(self.backbone, max_length=self.max_length, dtype=self.dtype)
+        return self._encoder.embed(list(texts))

@@ -10,8 +10,12 @@ A fresh sample is drawn every round unless `accumulate` is set. Every round's ra
 (seed, round) alone, so a run resumed from a round's checkpoint ends exactly where an uninterrupted
 run would.
 
-Long because the rounds, their checkpoints and resume share the run directory's format; each step of a
-round is a short function of its own.
+Here: the rounds' settings (`LoopSettings`), the pool as the rounds see it, and `run_rounds`, which writes
+each round's files and commits it with a checkpoint. The command (`marsrm.commands.run`) opens the run
+directory, finds where a killed run stopped, and evaluates and saves the final model.
+
+Long because the in-memory and the streamed pool are two views of one thing; each step of a round is a
+short function of its own.
 """
 from __future__ import annotations
 
@@ -19,7 +23,6 @@ import contextlib
 import dataclasses
 import json
 import re
-import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,22 +31,19 @@ import numpy as np
 import torch
 
 from marsrm import allocate as alloc
-from marsrm import metrics, record
-from marsrm.config import ConfigError, setting, to_yaml
-from marsrm.io import (MetricsLog, atomic_write, atomic_write_dir, atomic_write_json, atomic_write_text, read_metrics,
-                       remove_temporaries, run_directory)
-from marsrm.learners import make_learner
-from marsrm.pipeline import TrainConfig, build_model, evaluate_scores, flat_values, load_split
-from marsrm.record import run_record
-from marsrm.train import make_accelerator
+from marsrm import metrics
+from marsrm.config import ConfigError, setting
+from marsrm.io import atomic_write, atomic_write_dir, atomic_write_json
+from marsrm.pipeline import evaluate_scores, flat_values
+from marsrm.train import OptimSettings
+
 
 @dataclass
-class RunConfig(TrainConfig):
-    """`marsrm run`: one strategy, one seed, one run directory."""
+class LoopSettings:
+    """The rounds' own settings (MARS.md's parameters): strategy, rounds T, budget B, τ, and the pool they sample."""
 
     pool: str | None = setting(None, "pool directory built by `marsrm augment` for the same data (not needed "
                                "for --strategy none or adaboost)")
-    epochs: float | None = setting(None, "epochs on each round's base ∪ sample (default: 1, as in the paper)", gt=0)
     strategy: str = setting("mars", "allocation strategy", choices=list(alloc.STRATEGIES))
     rounds: int = setting(5, "self-refinement rounds T", ge=1)
     budget: int = setting(2000, "synthetic pairs sampled per round B", ge=0)
@@ -59,19 +59,13 @@ class RunConfig(TrainConfig):
     pool_memory: str = setting("2GiB", "memory the pool may take loaded whole (e.g. 500MB, 2GiB); a pool estimated "
                                "larger is read from disk as rounds sample it, with the same results")
     round_resamples: int = setting(200, "bootstrap resamples for the per-round intervals", ge=1)
-    resume: bool = setting(False, "continue the run in --output from its last completed round")
-    output: str = setting("runs/mars", "run directory (config.yaml, run.json, metrics.jsonl, rounds/, checkpoints/, "
-                          "model/, results.json)")
-
-    def validate(self) -> None:
-        super().validate()
-        parse_size(self.pool_memory, "pool_memory")
 
     @property
     def strategy_record(self) -> alloc.Strategy:
         return alloc.STRATEGIES[self.strategy]
 
     def strategy_settings(self) -> dict:
+        """The keywords `allocate.allocate` takes for this strategy (τ only when given: else its default)."""
         defaults = self.strategy_record.defaults
         settings = {}
         if "tau" in defaults and self.tau is not None:
@@ -82,12 +76,8 @@ class RunConfig(TrainConfig):
             settings["beta"] = self.beta
         return settings
 
-    def optim(self):
-        optim = super().optim()
-        if self.epochs is None:  # the paper trains one epoch per round
-            optim.epochs = 1.0
-        return optim
-
+    def needs_pool(self) -> bool:
+        return self.strategy_record.augments and self.budget > 0
 
 _UNITS = {"": 1, "b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12,
           "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40}
@@ -108,15 +98,6 @@ def format_size(size: float) -> str:
             return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
         size /= 1000
     return f"{size:.1f} TB"
-
-
-def strategy_needs_pool(config: RunConfig) -> bool:
-    return config.strategy_record.augments and config.budget > 0
-
-
-def config_fingerprint(config: RunConfig) -> dict:
-    """fingerprint.json's payload: the canonical settings that determine the run's result (`marsrm.record`)."""
-    return record.fingerprint_file_payload(config)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -247,7 +228,7 @@ def variant_margins(learner, pool) -> np.ndarray:
     return np.concatenate(margins) if margins else np.zeros(0)
 
 
-def open_base_pool(config: RunConfig, base_pairs, pool=None, echo=None):
+def open_base_pool(config: LoopSettings, base_pairs, pool=None, echo=None):
     """The pool restricted to this split's base pairs; refuses a pool built for other pairs.
 
     pool: any object with `variants(pair_id) -> list[PreferencePair]`, held in memory; default: the directory
@@ -293,66 +274,38 @@ def flip(pair):
 
 
 # ---------------------------------------------------------------------------------------------
-# The run
+# The rounds
 # ---------------------------------------------------------------------------------------------
 
-def run(config: RunConfig, echo=print, pool=None) -> dict:
-    """Run `marsrm run`: T rounds of margins → allocation → sample → train; returns results.json's dict.
+def run_rounds(settings: LoopSettings, learner, split, pool, *, seed: int, optim: OptimSettings, run_dir: Path,
+               log, echo=print, start_round: int = 1, step: int = 0) -> None:
+    """Rounds `start_round`..T of margins → allocation → sample → train on `learner` (its model as the previous
+    round left it), each committed by its checkpoint under `run_dir` (see the module docstring).
 
-    pool: optional variants source (see `open_base_pool`) used instead of the directory `config.pool`.
+    split: the run's `data.Split` (its train pairs are the base set; val and eval are scored every round);
+    pool: the base set's variants (`open_base_pool`); optim: the training settings of one round (its seed is
+    set per round); step: optimizer steps taken before `start_round`; log: the run's `io.MetricsLog`.
     """
-    config.validate()
-    if strategy_needs_pool(config) and pool is None and not config.pool:
-        raise ConfigError(f"setting 'pool': strategy '{config.strategy}' samples variants; build a pool with "
-                          "`marsrm augment` and pass --pool DIR")
-    split = load_split(config, echo)  # the data's own errors come before any output or weights
-    # An overwritten run is replaced only once the new one has finished (`run_directory`).
-    with run_directory(config.output, overwrite=config.overwrite, resume=config.resume) as run_dir:
-        return _rounds(config, run_dir, echo, pool, split)
-
-
-def _rounds(config: RunConfig, run_dir: Path, echo, pool, loaded) -> dict:
-    """`run` inside its locked run directory `run_dir`: config, rounds (or the rest of them), final evaluation.
-    loaded: `load_split(config)`."""
-    start_round, step = 1, 0
-    if config.resume:
-        start_round, step = _resume_point(config, run_dir)
-        echo(f"resuming {run_dir} at round {start_round}")
-    else:
-        atomic_write_text(run_dir / "config.yaml", to_yaml(config))
-        atomic_write_json(run_dir / "run.json", run_record(config))
-        atomic_write_json(run_dir / "fingerprint.json", config_fingerprint(config))
-
-    split, reports = loaded
     base = split.train
-    pool = open_base_pool(config, base, pool, echo)
-    if pool.sizes.any():
-        echo(f"pool: {int(pool.sizes.sum())} variants for {int((pool.sizes > 0).sum())}/{len(base)} base pairs")
-    strategy = config.strategy_record
-    settings = config.strategy_settings()
-    optim = config.optim()
-
-    log = MetricsLog(run_dir)
-    model = build_model(config)
-    accelerator = make_accelerator(config.mixed_precision if config.mode == "full" else "no")
-    learner = make_learner(model, accelerator=accelerator, log=log, progress=config.progress)
+    strategy = settings.strategy_record
+    allocation = settings.strategy_settings()
     accumulated: list = []
     carried = None  # the base margins after a round's training: the next round's step a
     if start_round > 1:
         learner.load_state(run_dir / "checkpoints" / f"round-{start_round - 1}")
-        accumulated = _load_accumulated(run_dir, start_round - 1, pool) if config.accumulate else []
-    elif config.base_epochs > 0:  # round 0: the base pairs alone (rerun whole if killed before round 1 commits)
-        warm = dataclasses.replace(optim, epochs=config.base_epochs, seed=config.seed * 1000)
+        accumulated = _load_accumulated(run_dir, start_round - 1, pool) if settings.accumulate else []
+    elif settings.base_epochs > 0:  # round 0: the base pairs alone (rerun whole if killed before round 1 commits)
+        warm = dataclasses.replace(optim, epochs=settings.base_epochs, seed=seed * 1000)
         torch.manual_seed(warm.seed)
         step += learner.fit(base, warm, desc="round 0 (base pairs)")["steps"]
 
-    for round_ in range(start_round, config.rounds + 1):
-        rng = np.random.default_rng([config.seed, round_])
+    for round_ in range(start_round, settings.rounds + 1):
+        rng = np.random.default_rng([seed, round_])
         started = time.perf_counter()
 
         margins = learner.margins(base) if carried is None else carried                   # a. margins
-        counts = alloc.allocate(config.strategy, margins, config.budget if strategy.augments else 0, rng,
-                                available=pool.sizes > 0 if strategy.augments else None, **settings)  # b, c
+        counts = alloc.allocate(settings.strategy, margins, settings.budget if strategy.augments else 0, rng,
+                                available=pool.sizes > 0 if strategy.augments else None, **allocation)  # b, c
         ranked = variant_margins(learner, pool) if strategy.selects_by_variant_margin and counts.any() else None
         pair_index, variant_index = alloc.sample_variants(                                  # d. sample
             counts, pool.sizes, rng, variant_margins=ranked,
@@ -363,24 +316,24 @@ def _rounds(config: RunConfig, run_dir: Path, echo, pool, loaded) -> dict:
             keep = alloc.pseudo_label(learner.margins(sample))
             swapped = int((~keep).sum())
             sample = [v if k else flip(v) for v, k in zip(sample, keep)]
-        accumulated = accumulated + sample if config.accumulate else sample
+        accumulated = accumulated + sample if settings.accumulate else sample
         training = base + accumulated
         weight = None
         if strategy.reweights_base:
-            weight = np.concatenate([alloc.adaboost_weights(margins, beta=config.beta),
+            weight = np.concatenate([alloc.adaboost_weights(margins, beta=settings.beta),
                                      np.ones(len(accumulated))])
         allocation_seconds = time.perf_counter() - started
 
         measured = time.perf_counter()
         curvature = _curvature(learner, margins, base, accumulated)
         curvature_seconds = time.perf_counter() - measured
-        round_optim = dataclasses.replace(optim, seed=config.seed * 1000 + round_)
+        round_optim = dataclasses.replace(optim, seed=seed * 1000 + round_)
         torch.manual_seed(round_optim.seed)
         trained = learner.fit(training, round_optim, weight=weight, step_offset=step,          # e. train
-                              desc=f"round {round_}/{config.rounds}")
+                              desc=f"round {round_}/{settings.rounds}")
         step += trained["steps"]
 
-        record = {"event": "round", "round": round_, "strategy": config.strategy, "seed": config.seed,
+        record = {"event": "round", "round": round_, "strategy": settings.strategy, "seed": seed,
                   **margin_statistics(margins), "allocation_entropy": alloc.allocation_entropy(counts),
                   "effective_sample_size": alloc.effective_sample_size(counts),
                   "lowest_decile_budget_share": alloc.lowest_margin_decile_share(margins, counts),
@@ -395,22 +348,16 @@ def _rounds(config: RunConfig, run_dir: Path, echo, pool, loaded) -> dict:
             if pairs:
                 chosen, rejected = learner.scores(pairs)
                 record[f"{name}_loss"] = metrics.bt_loss(chosen - rejected)
-                scored = evaluate_scores(pairs, chosen, rejected, n_resamples=config.round_resamples,
-                                         seed=config.seed)
+                scored = evaluate_scores(pairs, chosen, rejected, n_resamples=settings.round_resamples, seed=seed)
                 record.update({f"{name}_{k}": v for k, v in flat_values(scored).items()})
         record["eval_seconds"] = time.perf_counter() - measured
         _save_round(run_dir, round_, margins, counts, pair_index, variant_index, swapped=(
             [k for k, v in enumerate(sample) if v.meta.get("pseudo_label") == "swapped"]))
         log.log(record, step=round_)
-        # The checkpoint commits the round (see `_resume_point`), so it comes after everything else the round
-        # writes: a kill before it reruns the round, a kill after it finds every file of the round in place.
-        atomic_write_dir(run_dir / "checkpoints" / f"round-{round_}", model.save)
+        # The checkpoint commits the round (see `commands.run`'s resume), so it comes after everything else the
+        # round writes: a kill before it reruns the round, a kill after it finds every file of the round in place.
+        atomic_write_dir(run_dir / "checkpoints" / f"round-{round_}", learner.model.save)
         echo(_round_line(record))
-
-    results = _finish(config, run_dir, learner, model, split, reports)
-    log.close()
-    return results
-
 
 def margin_statistics(margins: np.ndarray) -> dict:
     """Summary of the base-set margins Δ at the start of a round."""
@@ -463,61 +410,3 @@ def _load_accumulated(run_dir: Path, last_round: int, pool) -> list:
     return sample
 
 
-def _resume_point(config: RunConfig, run_dir: Path) -> tuple[int, int]:
-    """(the first round still to run, optimizer steps taken before it); refuses a directory made with different
-    settings. A round is done when its checkpoint exists (written last); whatever a killed process left of later
-    rounds or of the final evaluation is removed, so the resumed run writes the files an uninterrupted one would."""
-    saved = record.read_fingerprint(run_dir, type(config))
-    if saved is None:
-        raise ConfigError(f"setting 'resume': {run_dir} holds no run to resume (no fingerprint.json)")
-    changed = record.differences(saved, config, ignore=record.RESUME_FREE)
-    if changed:
-        details = ", ".join(changed[:5])
-        raise ConfigError(f"setting 'resume': {run_dir} was made with other settings ({details}); resume with "
-                          "the same settings or start a new --output")
-    done = 0
-    while (run_dir / "checkpoints" / f"round-{done + 1}" / "marsrm.json").exists() and \
-            (run_dir / "rounds" / f"round-{done + 1}.npz").exists():
-        done += 1
-    remove_temporaries(run_dir)
-    # Forget log lines of a round that was cut short: it will run again.
-    metrics_file = run_dir / "metrics.jsonl"
-    records = read_metrics(run_dir) if metrics_file.exists() else []
-    rounds = [r for r in records if r.get("event") == "round" and r["round"] <= done]
-    step = rounds[-1].get("step") if rounds else 0
-    if step is None:  # a run from before rounds recorded their step: keep the round lines only
-        kept, step = rounds, 0
-    else:
-        kept = [r for r in records if (r.get("event") == "round" and r["round"] <= done)
-                or (r.get("event") == "train" and r["step"] <= step)]
-    atomic_write_text(metrics_file, "".join(json.dumps(r) + "\n" for r in kept))
-    shutil.rmtree(run_dir / "tensorboard", ignore_errors=True)
-    for stale in (run_dir / "model", run_dir / "results.json"):
-        if stale.is_dir():
-            shutil.rmtree(stale)
-        elif stale.exists():
-            stale.unlink()
-    return done + 1, step
-
-
-def _write_npy(path, array) -> None:
-    with open(path, "wb") as handle:  # np.save on a name would append ".npy" to the temporary's name
-        np.save(handle, array)
-
-
-def _finish(config: RunConfig, run_dir: Path, learner, model, split, reports) -> dict:
-    """Final evaluation with full intervals, the saved model, per-pair held-out margins, results.json."""
-    results = {"strategy": config.strategy, "seed": config.seed, "mode": config.mode, "rounds": config.rounds,
-               "budget": config.budget, "base_pairs": len(split.train), "data": reports}
-    model.spec.normalization = metrics.reward_normalization(*learner.scores(split.train))
-    for name, pairs in (("val", split.val), ("eval", split.eval)):
-        if pairs:
-            chosen, rejected = learner.scores(pairs)
-            results[name] = evaluate_scores(pairs, chosen, rejected, n_resamples=config.n_resamples,
-                                            seed=config.seed)
-            atomic_write(run_dir / f"{name}_margins.npy", lambda tmp, m=chosen - rejected: _write_npy(tmp, m))
-            atomic_write_json(run_dir / f"{name}_ids.json", [p.id for p in pairs])
-    atomic_write_dir(run_dir / "model", model.save)
-    results["rounds_log"] = read_metrics(run_dir, event="round")
-    atomic_write_json(run_dir / "results.json", results)
-    return results

@@ -1,25 +1,21 @@
-"""`marsrm train` and `marsrm eval` as library calls: data → split → reward model → train → evaluate → save.
+"""The steps every command shares, with the settings groups they read: load and split the pairs
+(`DataSettings`), build a reward model (`ModelSettings`), its optimisation (`TrainingSettings`), evaluate.
 
-The command line (`marsrm.cli`) only parses a config and calls `train(config)` or `evaluate(config)`.
+The commands (`marsrm.commands`) compose these groups into their Configs; the steps take the groups.
 """
 from __future__ import annotations
 
 import dataclasses
-import os
-import time
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 
 from marsrm import data as data_mod
-from marsrm import metrics, record
-from marsrm.config import ConfigError, check_settings, setting, to_yaml
-from marsrm.io import MetricsLog, atomic_write_json, atomic_write_text, run_directory
-from marsrm.learners import make_learner
+from marsrm import metrics
+from marsrm.config import ConfigError, setting
 from marsrm.model import HeadRewardModel, ModelSpec, ScalarHead, count_truncation, format_texts, new_full_model
 from marsrm.runtime import DEFAULT_BACKBONE, quiet_transformers, resolve_backbone
-from marsrm.train import OptimSettings, make_accelerator
+from marsrm.train import OptimSettings
 
 # Defaults that differ by mode: a linear head on frozen features wants a large learning rate and many
 # cheap epochs; fine-tuning a transformer wants a small one and a single epoch.
@@ -104,6 +100,12 @@ class ModelSettings:
     trust_remote_code: bool = setting(False, "allow a backbone's own Python code to run (off: safer)")
     allow_pickle: bool = setting(False, "allow loading pickle weights (off: they can run arbitrary code)")
 
+    def spec(self) -> ModelSpec:
+        """The saved model's description of these settings (`marsrm.json`)."""
+        return ModelSpec(mode=self.mode, backbone=self.backbone, max_length=self.max_length, pooling=self.pooling,
+                         template=self.template, head_hidden=self.head_hidden, embed_dtype=self.embed_dtype,
+                         trust_remote_code=self.trust_remote_code)
+
 
 @dataclass
 class TrainingSettings:
@@ -126,64 +128,15 @@ class TrainingSettings:
     n_resamples: int = setting(1000, "bootstrap resamples for the 95% intervals", ge=1)
     log_every: int = setting(10, "optimizer steps between metric lines", ge=1)
 
-
-@dataclass
-class TrainConfig(DataSettings, ModelSettings, TrainingSettings):
-    """`marsrm train`: one reward model from preference pairs."""
-
-    output: str = setting("runs/train", "run directory (config.yaml, run.json, metrics.jsonl, tensorboard/, model/, "
-                          "results.json)")
-    overwrite: bool = setting(False, "replace an existing run directory")
-    progress: bool = setting(True, "show progress bars")
-
-    def validate(self) -> None:
-        check_settings(self)
-        self.optim().validate()
-        check_max_length(self.backbone, self.max_length, trust_remote_code=self.trust_remote_code)
-
-    def optim(self) -> OptimSettings:
-        defaults = MODE_DEFAULTS[self.mode]
+    def optim_settings(self, mode: str, seed: int) -> OptimSettings:
+        """The optimizer's settings, each one left empty taking `mode`'s default (`MODE_DEFAULTS`)."""
+        defaults = MODE_DEFAULTS[mode]
         pick = lambda name: getattr(self, name) if getattr(self, name) is not None else defaults[name]  # noqa: E731
         return OptimSettings(epochs=pick("epochs"), batch_size=pick("batch_size"), lr=pick("lr"),
                              weight_decay=pick("weight_decay"), warmup_ratio=pick("warmup_ratio"),
                              scheduler=self.scheduler, grad_accum=self.grad_accum, max_grad_norm=self.max_grad_norm,
                              center_rewards_coefficient=self.center_rewards_coefficient, use_margin=self.use_margin,
-                             seed=self.seed, log_every=self.log_every)
-
-    def spec(self) -> ModelSpec:
-        return ModelSpec(mode=self.mode, backbone=self.backbone, max_length=self.max_length, pooling=self.pooling,
-                         template=self.template, head_hidden=self.head_hidden, embed_dtype=self.embed_dtype,
-                         trust_remote_code=self.trust_remote_code)
-
-
-@dataclass
-class EvalConfig(DataSettings):
-    """`marsrm eval`: score a saved reward model on preference pairs."""
-
-    model: str = setting("runs/train/model", "saved reward model directory (marsrm, or any sequence-"
-                         "classification model directory)")
-    train_size: int | None = setting(None, "pairs to leave out first (the same seeded draw as training used), so "
-                                     "the held-out pairs match; none = evaluate on every pair", ge=1)
-    output: str | None = setting(None, "JSON file for the results (default: <model>/../eval-<data>.json)")
-    n_resamples: int = setting(1000, "bootstrap resamples for the 95% intervals", ge=1)
-    allow_pickle: bool = setting(False, "allow loading pickle weights (off: they can run arbitrary code)")
-    trust_remote_code: bool = setting(False, "allow a model's own Python code to run")
-    allow_untrained_head: bool = setting(False, "evaluate a model directory whose score head was never trained "
-                                         "(transformers initialises it at random); off: refuse it")
-    batch_size: int = setting(64, "texts per scoring batch", ge=1)
-
-    def validate(self) -> None:
-        check_settings(self)
-        for name in ("eval_data", "eval_split", "allow_overlap"):  # training's settings, meaningless here
-            if getattr(self, name):
-                raise ConfigError(f"setting '{name}': `marsrm eval` scores the pairs of --data (and --split); "
-                                  f"drop --{name.replace('_', '-')}")
-
-    def load_kwargs(self) -> dict:
-        """`load_pairs`'s keywords: a dataset's test split by default, unless --train-size/--eval-size ask for the
-        held-out part of the split training drew from (its 'train' by default, as `marsrm train` reads it)."""
-        matching = bool(self.train_size or self.eval_size)
-        return {**super().load_kwargs(), "default_splits": ("train", "test") if matching else ("test",)}
+                             seed=seed, log_every=self.log_every)
 
 
 def check_max_length(backbone: str, max_length: int, *, trust_remote_code: bool = False) -> None:
@@ -268,20 +221,20 @@ def evaluate_scores(pairs, chosen, rejected, *, n_resamples: int = 1000, seed: i
     return result
 
 
-def build_model(config: TrainConfig):
-    """A fresh, untrained reward model for `config` (the head is seeded)."""
-    if config.progress:
-        return _build_model(config)
+def build_model(config: ModelSettings, *, seed: int, progress: bool = True):
+    """A fresh, untrained reward model for `config` (the head is seeded by `seed`)."""
+    if progress:
+        return _build_model(config, seed)
     with quiet_transformers():  # no weight-loading bar either
-        return _build_model(config)
+        return _build_model(config, seed)
 
 
-def _build_model(config: TrainConfig):
+def _build_model(config: ModelSettings, seed: int):
     import torch
 
     spec = config.spec()
     spec.backbone = resolve_backbone(spec.backbone)
-    torch.manual_seed(config.seed)
+    torch.manual_seed(seed)
     if config.mode == "head":
         from marsrm.features import Encoder
 
@@ -299,71 +252,6 @@ def truncation_report(model, pairs):
     responses = [p.chosen for p in pairs] + [p.rejected for p in pairs]
     texts = format_texts(tokenizer, prompts, responses, model.spec.template)
     return count_truncation(tokenizer, texts, responses, model.spec.max_length)
-
-
-def train(config: TrainConfig, echo=print) -> dict:
-    """Run `marsrm train`: returns the results dict also written to `<output>/results.json`.
-
-    An existing run in `output` (with `overwrite`) is replaced only once the new one is complete.
-    """
-    config.validate()
-    split, reports = load_split(config, echo)  # the data's own errors come before any output or weights
-    if not split.train:
-        raise ConfigError("setting 'train_size': no training pairs")
-    with run_directory(config.output, overwrite=config.overwrite) as run_dir:
-        atomic_write_text(run_dir / "config.yaml", to_yaml(config))
-        atomic_write_json(run_dir / "run.json", record.run_record(config))
-        log = MetricsLog(run_dir)
-        started = time.perf_counter()
-        model = build_model(config)
-        truncation = truncation_report(model, split.train + split.val + split.eval)
-        echo(truncation.summary(config.max_length))
-        accelerator = make_accelerator(config.mixed_precision if config.mode == "full" else "no")
-        learner = make_learner(model, accelerator=accelerator, log=log, progress=config.progress)
-        summary = learner.fit(split.train, config.optim())
-        train_chosen, train_rejected = learner.scores(split.train)
-        model.spec.normalization = metrics.reward_normalization(train_chosen, train_rejected)
-
-        results = {"mode": config.mode, "backbone": config.backbone, "train_pairs": len(split.train),
-                   "train": summary, "truncation": dataclasses.asdict(truncation), "data": reports,
-                   "train_accuracy": metrics.pairwise_accuracy(train_chosen - train_rejected)}
-        for name, pairs in (("val", split.val), ("eval", split.eval)):
-            if pairs:
-                results[name] = evaluate_model(model, pairs, n_resamples=config.n_resamples, seed=config.seed)
-                log.log({"event": name, **flat_values(results[name])}, step=summary["steps"])
-        if accelerator.is_main_process:
-            model.save(run_dir / "model")
-            results["seconds"] = time.perf_counter() - started
-            atomic_write_json(run_dir / "results.json", results)
-        log.close()
-        return results
-
-
-def evaluate(config: EvalConfig, echo=print) -> dict:
-    """Run `marsrm eval`: score a saved model, print a table, write JSON."""
-    from marsrm.model import load_reward_model
-
-    config.validate()
-    loaded = data_mod.load_pairs(config.data, **config.load_kwargs())  # the data's errors before any weights
-    echo(loaded.report.summary())
-    pairs = loaded.pairs
-    if config.train_size or config.eval_size:
-        pairs = data_mod.split_pairs(pairs, train_size=config.train_size or 0, eval_size=config.eval_size,
-                                     seed=config.data_seed).eval
-    if not pairs:
-        raise ConfigError("setting 'data': no pairs left to evaluate")
-    model = load_reward_model(config.model, allow_pickle=config.allow_pickle,
-                              trust_remote_code=config.trust_remote_code,
-                              allow_untrained_head=config.allow_untrained_head)
-    result = evaluate_model(model, pairs, n_resamples=config.n_resamples, seed=config.seed,
-                            batch_size=config.batch_size)
-    result.update({"model": str(config.model), "data": config.data, "pairs": len(pairs)})
-    out = Path(config.output) if config.output else Path(config.model).parent / (
-        "eval-" + config.data.replace("/", "_").replace(os.sep, "_") + ".json")
-    atomic_write_json(out, result)
-    echo(format_table(result))
-    echo(f"wrote {out}")
-    return result
 
 
 def flat_values(result: dict) -> dict:

@@ -192,7 +192,7 @@ def format_summary(summary: dict) -> str:
 def write_report(config, summary: dict, runs: dict) -> Path:
     """Plots + report.md in `config.output`; returns the report's path.
 
-    config: the `CompareConfig`; summary: `compare.summarise(config)`; runs: `compare.load_runs(config)`.
+    config: the `CompareConfig`; summary: `commands.compare.summarise(config)`; runs: `commands.compare.load_runs(config)`.
     """
     import matplotlib
 

@@ -12,7 +12,7 @@ Here the truth is known, so the same question has an answer:
                drawn once with the pool; inherited: each variant keeps its source's observed label (a paraphrase)
     held out   `held_out` fresh pairs per seed, scored against sign(w*ᵀΔφ) (a tie counts as wrong)
 
-Each round is `marsrm.loop.run`'s, step for step: rng = default_rng([seed, round]); margins on the base set;
+Each round is `marsrm.loop.run_rounds`', step for step: rng = default_rng([seed, round]); margins on the base set;
 `allocate` with the budget; `sample_variants` (West-of-N: the current model's highest-margin variants first);
 one epoch on base ∪ this round's sample with `train_epochs`' semantics (a linear `ScalarHead` initialised by torch,
 AdamW with a fresh optimizer every round as the loop's learner makes one, batch order seeded by seed·1000 + round),
@@ -40,6 +40,7 @@ import numpy as np
 
 from marsrm import allocate as alloc
 from marsrm.config import ConfigError, check_settings, setting
+from marsrm.metrics import seed_interval
 from marsrm.train import OptimSettings, length_grouped_batches
 
 ARMS = ("faithful", "inherited")
@@ -113,14 +114,6 @@ class SimulationSettings:
         if form == "paper":
             return {"tau": self.paper_tau_signed if signed else self.paper_tau, "tau_scale": "raw"}
         return {"tau": self.tau_signed if signed else self.tau, "tau_scale": "std"}
-
-
-@dataclass
-class SimulateConfig(SimulationSettings):
-    """`marsrm simulate`: the positive control — the MARS rounds on synthetic pairs with a known reward."""
-
-    output: str = setting("runs/simulate", "directory for results.json, config.yaml, table.md and "
-                          "gain_vs_epsilon.png (files there are replaced)")
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -405,14 +398,12 @@ def paired_interval(differences, level: float = 0.95) -> dict:
 
     Returns {"mean", "low", "high", "seeds_won"}: seeds_won is the share of seeds with a difference > 0.
     """
-    from scipy import stats
-
     d = np.asarray(differences, dtype=np.float64)
     if d.ndim != 1 or d.size < 2:
         raise ValueError(f"differences: need a 1-D array of at least 2 seeds, got shape {d.shape}")
-    mean = float(d.mean())
-    half = float(stats.t.ppf(0.5 + level / 2, d.size - 1) * d.std(ddof=1) / math.sqrt(d.size))
-    return {"mean": mean, "low": mean - half, "high": mean + half, "seeds_won": float((d > 0).mean())}
+    interval = seed_interval(d, level)
+    return {"mean": interval["mean"], "low": interval["low"], "high": interval["high"],
+            "seeds_won": float((d > 0).mean())}
 
 
 def summarise(settings: SimulationSettings, per_seed: list[dict]) -> dict:
@@ -578,25 +569,3 @@ def results_json(results: dict) -> str:
     head = {k: v for k, v in results.items() if k != "cells"}
     cells_ = ",\n".join(json.dumps(c, ensure_ascii=False) for c in results["cells"])
     return json.dumps(head, ensure_ascii=False)[:-1] + ', "cells": [\n' + cells_ + "\n]}\n"
-
-
-def simulate(config: SimulateConfig, echo=print) -> dict:
-    """Run `marsrm simulate`: the grid, then results.json, config.yaml, table.md and gain_vs_epsilon.png in
-    ``config.output``; returns results.json's dict."""
-    from marsrm.config import to_yaml
-    from marsrm.io import atomic_write_text
-
-    import time
-
-    config.validate()
-    started = time.perf_counter()
-    out = Path(config.output)
-    out.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(out / "config.yaml", to_yaml(config))
-    results = run_grid(config, echo)
-    atomic_write_text(out / "results.json", results_json(results))
-    atomic_write_text(out / "table.md", results_table(results))
-    plot_gain(results, out / "gain_vs_epsilon.png")
-    echo(f"wrote results.json, config.yaml, table.md and gain_vs_epsilon.png to {out} "
-         f"({time.perf_counter() - started:.0f} s)")
-    return results

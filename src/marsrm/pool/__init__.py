@@ -10,16 +10,14 @@
     refine.py      semantic refinement (the paper's revision)
     build.py       `build_pool`, `Pool`, `open_pool`: the variants the MARS loop samples
     export.py      base pairs + variants in TRL's format
-    command.py     `AugmentConfig` and `augment`: the `marsrm augment` command
 """
 from marsrm.pool.backends import make_paraphraser
 from marsrm.pool.build import Pool, build_pool, cross, open_pool
-from marsrm.pool.command import AugmentConfig, augment
 from marsrm.pool.export import export_trl
 from marsrm.pool.filter import REASONS, FilterSettings, judge
 from marsrm.pool.paraphrase import BACKENDS, BuildStopped, Paraphraser, PoolError, Task
 from marsrm.pool.refine import RefineReport, refine_pairs, semantic_distance
 
-__all__ = ["AugmentConfig", "BACKENDS", "BuildStopped", "FilterSettings", "Paraphraser", "Pool", "PoolError",
-           "REASONS", "RefineReport", "Task", "augment", "build_pool", "cross", "export_trl", "judge",
+__all__ = ["BACKENDS", "BuildStopped", "FilterSettings", "Paraphraser", "Pool", "PoolError",
+           "REASONS", "RefineReport", "Task", "build_pool", "cross", "export_trl", "judge",
            "make_paraphraser", "open_pool", "refine_pairs", "semantic_distance"]

@@ -1,12 +1,13 @@
-"""`marsrm augment` as a library call: data → split → (semantic refinement) → pool → (TRL export)."""
+"""`marsrm augment`: data → split → (semantic refinement) → the variant pool → (TRL export)."""
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from marsrm.config import ConfigError, check_settings, setting, to_yaml
+from marsrm.features import LazyEmbed
 from marsrm.io import atomic_write_text
-from marsrm.pipeline import DataSettings
+from marsrm.pipeline import DataSettings, load_split
 from marsrm.pool.build import FALLBACKS, TARGETS, build_pool, check_pool_output
 from marsrm.pool.export import STYLES, export_trl
 from marsrm.pool.filter import FilterSettings
@@ -114,25 +115,8 @@ class AugmentConfig(DataSettings):
         return dict(alpha=self.eda_alpha, ops=self.eda_ops, wordnet_dir=self.wordnet_dir)
 
 
-class LazyEmbed:
-    """`embed(texts)` through `marsrm.features.Encoder`, loaded on first use (a fully cached run never loads it)."""
-
-    def __init__(self, backbone: str, max_length: int = 256, dtype: str = "fp32"):
-        self.backbone, self.max_length, self.dtype = backbone, max_length, dtype
-        self._encoder = None
-
-    def __call__(self, texts):
-        if self._encoder is None:
-            from marsrm.features import Encoder
-
-            self._encoder = Encoder(self.backbone, max_length=self.max_length, dtype=self.dtype)
-        return self._encoder.embed(list(texts))
-
-
 def augment(config: AugmentConfig, echo=print) -> dict:
     """Run `marsrm augment`; returns the report also stored in `<output>/manifest.json`."""
-    from marsrm.pipeline import load_split
-
     config.validate()
     output = Path(config.output)
     check_pool_output(output)  # before any work: a run directory or a folder of the user's is no place for a pool

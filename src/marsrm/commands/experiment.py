@@ -20,7 +20,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import yaml
 
 from marsrm.config import ConfigError, check_settings, from_mapping, load_yaml, setting, to_yaml
 from marsrm.io import atomic_write_json, atomic_write_text
@@ -81,7 +80,7 @@ def _selected(name: str, only: list[str]) -> bool:
 
 def pool_config(config: ExperimentConfig, plan: dict, name: str):
     """The `marsrm augment` settings of the plan's pool `name`, built under `<runs>/pools/<name>`."""
-    from marsrm.pool.command import AugmentConfig
+    from marsrm.commands.augment import AugmentConfig
 
     values = {**plan["pools"][name], "output": str(Path(config.runs) / "pools" / name), "progress": config.progress}
     return from_mapping(AugmentConfig, values, origin=f"{config.plan}: pool '{name}'")
@@ -90,7 +89,7 @@ def pool_config(config: ExperimentConfig, plan: dict, name: str):
 def compare_config(config: ExperimentConfig, plan: dict, name: str):
     """The `marsrm compare` settings of the plan's experiment `name`: run under `<runs>/<name>`, recorded in
     `<results>/<name>`, resumed where a run stopped."""
-    from marsrm.compare import CompareConfig
+    from marsrm.commands.compare import CompareConfig
 
     values = {k: v for k, v in plan["experiments"][name].items() if k not in ("pool", "description")}
     pool = plan["experiments"][name].get("pool")
@@ -128,7 +127,7 @@ def experiment(config: ExperimentConfig, echo=print) -> dict:
 
 def run_experiment(config: ExperimentConfig, plan: dict, name: str, echo=print) -> str:
     """One experiment: its pool (reused when built), then its comparison, recorded run by run."""
-    from marsrm.compare import compare
+    from marsrm.commands.compare import compare
 
     settings = compare_config(config, plan, name)
     done, planned = recorded_runs(settings)
@@ -138,7 +137,7 @@ def run_experiment(config: ExperimentConfig, plan: dict, name: str, echo=print) 
     pool = plan["experiments"][name].get("pool")
     if pool:
         from marsrm.pool.build import PoolError, read_manifest
-        from marsrm.pool.command import augment
+        from marsrm.commands.augment import augment
 
         try:
             read_manifest(Path(config.runs) / "pools" / pool)
@@ -152,7 +151,7 @@ def run_experiment(config: ExperimentConfig, plan: dict, name: str, echo=print) 
 
 def write_tables(config: ExperimentConfig, plan: dict, names: list[str], echo=print) -> dict:
     """summary.json of every fully recorded experiment and TABLES.md, from the recorded runs alone."""
-    from marsrm.compare import load_runs, summarise
+    from marsrm.commands.compare import load_runs, summarise
 
     sections, status = [], {}
     for name in names:

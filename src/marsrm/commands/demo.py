@@ -13,7 +13,7 @@ from typing import ClassVar
 
 from marsrm.allocate import STRATEGIES
 from marsrm.config import setting
-from marsrm.pipeline import TrainConfig
+from marsrm.commands.train import TrainConfig
 
 
 @dataclass
@@ -44,21 +44,21 @@ class DemoConfig(TrainConfig):
 
 
 def demo(config: DemoConfig, echo=print) -> dict:
-    from marsrm import pipeline
-    from marsrm.compare import CompareConfig, compare
-    from marsrm.pool.command import AugmentConfig, augment
+    from marsrm.commands.augment import AugmentConfig, augment
+    from marsrm.commands.compare import CompareConfig, compare
+    from marsrm.commands.train import train
+    from marsrm.pipeline import DataSettings
 
     out = Path(config.output)
     echo("== 1. a reward model on 1,000 helpful-base pairs (head mode) ==")
-    trained = pipeline.train(dataclasses.replace(config, output=str(out / "train")), echo=echo)
-    echo(pipeline.format_table(trained["eval"]))
+    trained = train(dataclasses.replace(config, output=str(out / "train")), echo=echo)
     results = {"train": trained}
     mars = config.mars
     if not mars.run:
         return results
 
     echo(f"\n== 2. MARS on {mars.pairs} base pairs: a local-model pool, then the strategies side by side ==")
-    data = {f.name: getattr(config, f.name) for f in dataclasses.fields(pipeline.DataSettings)}
+    data = {f.name: getattr(config, f.name) for f in dataclasses.fields(DataSettings)}
     data.update(train_size=mars.pairs, val_size=0)
     pool_dir = out / "pool"
     augment(AugmentConfig(**data, output=str(pool_dir), paraphraser="local", n=mars.n,

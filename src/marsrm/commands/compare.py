@@ -21,7 +21,8 @@ from marsrm import allocate as alloc
 from marsrm import metrics, record
 from marsrm.config import ConfigError, check_settings, setting, to_yaml
 from marsrm.io import atomic_write_json, atomic_write_text, run_directory
-from marsrm.loop import RunConfig, open_base_pool, run
+from marsrm.commands.run import RunConfig, run
+from marsrm.loop import open_base_pool
 from marsrm.pipeline import load_split
 
 METRICS = ("accuracy", "auc", "mean_margin", "margin_snr", "ece")
@@ -77,7 +78,7 @@ class CompareConfig(RunConfig):
 
     def bon_config(self):
         """`marsrm bon` on this comparison's split: each strategy's models (every seed), judged by `bon.gold`."""
-        from marsrm.bon import BonConfig
+        from marsrm.commands.bon import BonConfig
         from marsrm.pipeline import DataSettings
 
         data = {f.name: getattr(self, f.name) for f in dataclasses.fields(DataSettings)}
@@ -156,7 +157,7 @@ def _compare(config: CompareConfig, echo, pool, split) -> dict:
         atomic_write_text(Path(config.record) / "config.yaml", to_yaml(config))
         atomic_write_json(Path(config.record) / "summary.json", summary)
     if config.bon.gold:
-        from marsrm.bon import bon
+        from marsrm.commands.bon import bon
 
         echo("best-of-N with each strategy's first-seed model, judged by the gold model …")
         result = bon(config.bon_config(), echo=echo)
@@ -204,7 +205,7 @@ def _prewarm(config: CompareConfig, split, echo, pool=None) -> None:
 
     needs_pool = any(alloc.STRATEGIES[s].augments for s in config.strategies) and config.budget > 0
     pool = open_base_pool(config, split.train, pool, echo) if needs_pool else BasePool.empty(split.train)
-    learner = make_learner(build_model(config), progress=config.progress)
+    learner = make_learner(build_model(config, seed=config.seed, progress=config.progress), progress=config.progress)
     held = split.train + split.val + split.eval
     echo(f"embedding {2 * (len(held) + int(pool.sizes.sum()))} texts (cached for every run)")
     learner.prepare(held)
