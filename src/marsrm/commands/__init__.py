@@ -30,7 +30,7 @@ COMMANDS = {
                 "strategies side by side over seeds: paired intervals, plots, report.md"),
     "demo": ("demo", "DemoConfig", "demo", "the main job on the embedded default data"),
     "export": ("export", "ExportConfig", "export",
-               "head-mode model → standard AutoModelForSequenceClassification directory"),
+               "head-mode model → a sequence-classification or sentence-transformers directory"),
     "experiment": ("experiment", "ExperimentConfig", "experiment",
                    "the comparisons of docs/RESULTS.md: run what results/ lacks, or rebuild its tables from results/"),
     "bon": ("bon", "BonConfig", "bon", "best of N: a policy's samples picked by each reward model, judged by a gold "

@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from marsrm import metrics, record
+from marsrm.card import write_model_card
 from marsrm.commands.train import TrainConfig
 from marsrm.config import ConfigError, setting, to_yaml
 from marsrm.io import (MetricsLog, atomic_write, atomic_write_dir, atomic_write_json, atomic_write_text, read_metrics,
@@ -140,7 +141,8 @@ def _write_npy(path, array) -> None:
 
 
 def _finish(config: RunConfig, run_dir: Path, learner, model, split, reports) -> dict:
-    """Final evaluation with full intervals, the saved model, per-pair held-out margins, results.json."""
+    """Final evaluation with full intervals, the saved model with its model card, per-pair held-out margins,
+    results.json."""
     results = {"strategy": config.strategy, "seed": config.seed, "mode": config.mode, "rounds": config.rounds,
                "budget": config.budget, "base_pairs": len(split.train), "data": reports}
     model.spec.normalization = metrics.reward_normalization(*learner.scores(split.train))
@@ -151,7 +153,13 @@ def _finish(config: RunConfig, run_dir: Path, learner, model, split, reports) ->
                                             seed=config.seed)
             atomic_write(run_dir / f"{name}_margins.npy", lambda tmp, m=chosen - rejected: _write_npy(tmp, m))
             atomic_write_json(run_dir / f"{name}_ids.json", [p.id for p in pairs])
-    atomic_write_dir(run_dir / "model", model.save)
+    card = {**results, "train_pairs": len(split.train)}
+
+    def save(directory):
+        model.save(directory)
+        write_model_card(directory, spec=model.spec, results=card, settings=record.model_settings(config))
+
+    atomic_write_dir(run_dir / "model", save)
     results["rounds_log"] = read_metrics(run_dir, event="round")
     atomic_write_json(run_dir / "results.json", results)
     return results

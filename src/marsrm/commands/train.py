@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from marsrm import metrics, record
+from marsrm.card import write_model_card
 from marsrm.config import ConfigError, check_settings, setting, to_yaml
 from marsrm.io import MetricsLog, atomic_write_json, atomic_write_text, run_directory
 from marsrm.learners import make_learner
@@ -19,8 +20,8 @@ from marsrm.train import OptimSettings, make_accelerator
 class TrainConfig(DataSettings, ModelSettings, TrainingSettings):
     """`marsrm train`: one reward model from preference pairs."""
 
-    output: str = setting("runs/train", "run directory (config.yaml, run.json, metrics.jsonl, tensorboard/, model/, "
-                          "results.json)")
+    output: str = setting("runs/train", "run directory (config.yaml, run.json, metrics.jsonl, tensorboard/, model/ "
+                          "with its README.md model card, results.json)")
     overwrite: bool = setting(False, "replace an existing run directory")
     progress: bool = setting(True, "show progress bars")
 
@@ -66,6 +67,8 @@ def train(config: TrainConfig, echo=print) -> dict:
                 log.log({"event": name, **flat_values(results[name])}, step=summary["steps"])
         if accelerator.is_main_process:
             model.save(run_dir / "model")
+            write_model_card(run_dir / "model", spec=model.spec, results=results,
+                             settings=record.model_settings(config))
             results["seconds"] = time.perf_counter() - started
             atomic_write_json(run_dir / "results.json", results)
         log.close()
