@@ -680,3 +680,29 @@ def test_arbitrary_text_round_trips_through_save_and_load(pairs):
             return
         save_pairs_jsonl(pairs, path)
         assert load_pairs(path, identical="keep").pairs == pairs
+
+
+def test_trl_implicit_prompt_with_plain_strings_splits_as_trl_does(tmp_path):
+    from trl.data_utils import extract_prompt
+
+    records = [{"chosen": "What colour is the sky? It is blue.", "rejected": "What colour is the sky? It is green."},
+               {"chosen": "Name a prime number: 7", "rejected": "Name a prime number: 8"},
+               {"chosen": "Translate 'chat'. Cat.", "rejected": "Translate 'chat'. Chat."}]
+    path = tmp_path / "implicit.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in records))
+    loaded = load_pairs(str(path))
+    assert loaded.report.to_dict()["format"] == "implicit" and len(loaded.pairs) == 3
+    for pair, record in zip(loaded.pairs, records):
+        trl = extract_prompt(record)
+        assert pair.prompt == ({"role": "user", "content": trl["prompt"]},)
+        # TRL leaves the space before the responses on them; marsrm renders that boundary itself. The third
+        # record differs mid-word ("C|at." vs "C|hat."): the prompt ends there, as in TRL.
+        assert (pair.chosen, pair.rejected) == tuple(s.removeprefix(" ") for s in (trl["chosen"], trl["rejected"]))
+
+
+def test_implicit_prompt_without_a_shared_opening_is_refused_with_its_line(tmp_path):
+    path = tmp_path / "implicit.jsonl"
+    path.write_text(json.dumps({"chosen": "Q? Yes.", "rejected": "Q? No."}) + "\n"
+                    + json.dumps({"chosen": "Yes.", "rejected": "No."}) + "\n")
+    with pytest.raises(DataError, match=r"implicit.jsonl:2: field 'chosen'.*no prompt"):
+        load_pairs(str(path))

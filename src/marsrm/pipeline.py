@@ -31,7 +31,7 @@ class DataSettings:
 
     data: str = setting("hh-rlhf/helpful-base", "pairs: a file (jsonl, jsonl.gz, json, parquet, csv), a saved "
                         "Hugging Face dataset directory, a hub name, or hh-rlhf/<subset>, ultrafeedback, pku-saferlhf")
-    format: str = setting("auto", "input format", choices=["auto", "pairs", "hh", "chat", "pku"])
+    format: str = setting("auto", "input format", choices=["auto", "pairs", "hh", "implicit", "chat", "pku"])
     prompt_field: str | None = setting(None, "column holding the prompt (when not 'prompt')")
     chosen_field: str | None = setting(None, "column holding the chosen response (when not 'chosen')")
     rejected_field: str | None = setting(None, "column holding the rejected response (when not 'rejected')")

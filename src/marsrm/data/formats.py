@@ -60,7 +60,7 @@ def to_hh_text(prompt, response: str | None = None) -> str:
     return "".join(parts)
 
 
-FORMATS = ("pairs", "hh", "chat", "pku")
+FORMATS = ("pairs", "hh", "implicit", "chat", "pku")
 ROLES = ("user", "assistant", "system")
 
 _ASSISTANT = "\n\nAssistant:"
@@ -117,6 +117,8 @@ class _Fields:
             return f"'{self.prompt}', 'response_0', 'response_1' and '{preference}_response_id'"
         if fmt == "hh":
             return f"whole HH transcripts in '{self.chosen}' and '{self.rejected}'"
+        if fmt == "implicit":
+            return f"'{self.chosen}' and '{self.rejected}' strings that begin with the same prompt"
         if fmt == "chat":
             return f"'{self.chosen}' and '{self.rejected}' message lists"
         return f"'{self.prompt}', '{self.chosen}' and '{self.rejected}'"
@@ -250,6 +252,28 @@ def _from_hh(rec: _Record):
     return prompt, chosen, rejected, chosen_dialogue != rejected_dialogue
 
 
+def trl_prompt_length(chosen: str, rejected: str) -> int:
+    """Characters of the prompt that `chosen` and `rejected` share, by TRL's `extract_prompt`: up to the first
+    character where they differ, less a space just before it (which stays with the responses)."""
+    cut = next((i for i, (a, b) in enumerate(zip(chosen, rejected)) if a != b), min(len(chosen), len(rejected)))
+    return cut - 1 if cut > 0 and chosen[cut - 1] == " " else cut
+
+
+def _from_implicit(rec: _Record):
+    """TRL's implicit prompt with plain strings: the opening text chosen and rejected share is the prompt."""
+    fields = rec.fields
+    chosen, rejected = rec.text(fields.chosen), rec.text(fields.rejected)
+    cut = trl_prompt_length(chosen, rejected)
+    if cut == 0 or not chosen[:cut].strip():
+        raise rec.fail(fields.chosen, f"shares no opening text with '{fields.rejected}', so there is no prompt",
+                       f"give the prompt in a '{fields.prompt}' column (or prompt_field=), or write whole HH "
+                       "transcripts")
+    messages, _ = _prompt_from_string(rec, fields.chosen, chosen[:cut])
+    # marsrm renders the prompt/response boundary itself (HH text or a chat template): the space TRL leaves on
+    # the responses is the boundary's, not the response's
+    return messages, _drop_one_space(chosen[cut:]), _drop_one_space(rejected[cut:]), False
+
+
 def _from_chat(rec: _Record):
     fields = rec.fields
     responses, contexts = [], []
@@ -292,7 +316,8 @@ def _from_pku(rec: _Record):
     return prompt, responses[which], responses[1 - which], False
 
 
-_CONVERTERS = {"pairs": _from_pairs, "hh": _from_hh, "chat": _from_chat, "pku": _from_pku}
+_CONVERTERS = {"pairs": _from_pairs, "hh": _from_hh, "implicit": _from_implicit, "chat": _from_chat,
+               "pku": _from_pku}
 
 
 def _detect_format(record: dict, fields: _Fields, location: str) -> str:
@@ -303,9 +328,14 @@ def _detect_format(record: dict, fields: _Fields, location: str) -> str:
     if fields.chosen in keys and fields.rejected in keys:
         if isinstance(record[fields.chosen], list):
             return "chat"
-        return "pairs" if fields.prompt in keys else "hh"
+        if fields.prompt in keys:
+            return "pairs"
+        # whole HH transcripts, else TRL's implicit prompt (the strings' shared opening)
+        transcripts = any(_ASSISTANT in str(record[name]) for name in (fields.chosen, fields.rejected))
+        return "hh" if transcripts else "implicit"
     raise DataError(f"{location}: cannot tell the format from the fields ({_names(keys) or 'none'}); accepted: "
-                    "pairs (prompt, chosen, rejected strings), hh (chosen, rejected transcripts), "
+                    "pairs (prompt, chosen, rejected strings), hh (chosen, rejected transcripts), implicit (chosen, "
+                    "rejected strings that open with the same prompt), "
                     "chat (chosen, rejected message lists), pku (prompt, response_0, response_1, "
                     "better_response_id/safer_response_id); map other column names with "
                     "prompt_field=/chosen_field=/rejected_field= or pass format=")

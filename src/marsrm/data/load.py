@@ -112,7 +112,7 @@ def load_pairs(source, *, format: str = "auto", prompt_field: str | None = None,
 
     source: a .jsonl/.jsonl.gz/.json/.parquet/.csv file, a folder saved with `save_to_disk`, a named source
         ("hh-rlhf/<subset>", "ultrafeedback", "pku-saferlhf"; see `resolve_source`), or a hub name "owner/name".
-    format: "auto" (from the first record's fields), "pairs", "hh", "chat" or "pku".
+    format: "auto" (from the first record's fields), "pairs", "hh", "implicit", "chat" or "pku".
     *_field: column names, when they are not prompt/chosen/rejected/margin/subset. A margin or subset
         column is read when present, and required when named here.
     preference: for PKU-SafeRLHF, "better" or "safer": which id column marks the chosen response.
