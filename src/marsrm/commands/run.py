@@ -134,7 +134,6 @@ def _resume_point(config: RunConfig, run_dir: Path) -> tuple[int, int]:
     return done + 1, step
 
 
-
 def _write_npy(path, array) -> None:
     with open(path, "wb") as handle:  # np.save on a name would append ".npy" to the temporary's name
         np.save(handle, array)

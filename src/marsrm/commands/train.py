@@ -34,7 +34,6 @@ class TrainConfig(DataSettings, ModelSettings, TrainingSettings):
         return self.optim_settings(self.mode, self.seed)
 
 
-
 def train(config: TrainConfig, echo=print) -> dict:
     """Run `marsrm train`: returns the results dict also written to `<output>/results.json`.
 
