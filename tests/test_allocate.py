@@ -19,6 +19,7 @@ from marsrm.allocate import (
     pool_offsets,
     pseudo_label,
     sample_variants,
+    strategy_settings,
 )
 
 # Per-test settings, not a loaded profile: a profile would change every other test file's hypothesis runs.
@@ -363,3 +364,10 @@ def test_signed_decile_share_counts_the_most_mis_ranked_pairs():
     counts = np.array([10, 0, 5] + [0] * 17)
     assert lowest_margin_decile_share(margins, counts, signed=True) == pytest.approx(10 / 15)  # pairs 0 and 1
     assert lowest_margin_decile_share(margins, counts) == pytest.approx(5 / 15)  # by |Δ|: pairs 1 and 2
+
+
+def test_strategy_settings_pass_only_what_the_strategy_reads():
+    assert strategy_settings("uniform", tau=1.0, tau_scale="std", beta=2.0) == {}
+    assert strategy_settings("mars") == {"tau_scale": "raw"}  # τ left to the strategy's default
+    assert strategy_settings("mars-signed", tau=0.5, tau_scale="std") == {"tau": 0.5, "tau_scale": "std"}
+    assert strategy_settings("adaboost", tau=3.0, beta=2.0) == {"beta": 2.0}

@@ -361,8 +361,28 @@ def sample_variants(counts, pool_sizes, rng, *, variant_margins=None, order: str
     return pair_index, variant_index
 
 
+def strategy_settings(strategy: str, *, tau: float | None = None, tau_scale: str = "raw", beta: float = 1.0) -> dict:
+    """The keywords `allocate(strategy, …)` takes from these settings: those the strategy reads, τ only when
+    given (else the strategy's default)."""
+    defaults = get_strategy(strategy).defaults
+    settings = {"tau": tau} if "tau" in defaults and tau is not None else {}
+    if "tau_scale" in defaults:
+        settings["tau_scale"] = tau_scale
+    if "beta" in defaults:
+        settings["beta"] = beta
+    return settings
+
+
 # ---------------------------------------------------------------------------------------------------
 # Per-round summaries of an allocation
+
+
+def allocation_statistics(margins, counts) -> dict:
+    """What every round logs of its allocation: entropy, effective sample size and the lowest-decile budget
+    shares (by |Δ| and by signed Δ)."""
+    return {"allocation_entropy": allocation_entropy(counts), "effective_sample_size": effective_sample_size(counts),
+            "lowest_decile_budget_share": lowest_margin_decile_share(margins, counts),
+            "lowest_signed_decile_budget_share": lowest_margin_decile_share(margins, counts, signed=True)}
 
 
 def allocation_entropy(counts) -> float:

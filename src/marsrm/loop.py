@@ -66,15 +66,7 @@ class LoopSettings:
 
     def strategy_settings(self) -> dict:
         """The keywords `allocate.allocate` takes for this strategy (τ only when given: else its default)."""
-        defaults = self.strategy_record.defaults
-        settings = {}
-        if "tau" in defaults and self.tau is not None:
-            settings["tau"] = self.tau
-        if "tau_scale" in defaults:
-            settings["tau_scale"] = self.tau_scale
-        if "beta" in defaults:
-            settings["beta"] = self.beta
-        return settings
+        return alloc.strategy_settings(self.strategy, tau=self.tau, tau_scale=self.tau_scale, beta=self.beta)
 
     def needs_pool(self) -> bool:
         return self.strategy_record.augments and self.budget > 0
@@ -334,10 +326,7 @@ def run_rounds(settings: LoopSettings, learner, split, pool, *, seed: int, optim
         step += trained["steps"]
 
         record = {"event": "round", "round": round_, "strategy": settings.strategy, "seed": seed,
-                  **margin_statistics(margins), "allocation_entropy": alloc.allocation_entropy(counts),
-                  "effective_sample_size": alloc.effective_sample_size(counts),
-                  "lowest_decile_budget_share": alloc.lowest_margin_decile_share(margins, counts),
-                  "lowest_signed_decile_budget_share": alloc.lowest_margin_decile_share(margins, counts, signed=True),
+                  **margin_statistics(margins), **alloc.allocation_statistics(margins, counts),
                   "synthetic_pairs": len(accumulated), "pseudo_label_swaps": swapped, **curvature,
                   "allocation_seconds": allocation_seconds, "curvature_seconds": curvature_seconds,
                   "train_seconds": trained["seconds"], "train_pairs_per_s": trained["pairs_per_s"], "step": step}
