@@ -326,3 +326,33 @@ def test_the_docs_example_runs_as_written(tmp_path, hh_dir):
     assert [r["round"] for r in rounds] == [1, 2] and all(r["synthetic_pairs"] == 32 for r in rounds)
     assert re.search(r"round 2: margin pass [\d.]+ s, epoch [\d.]+ s", done.stdout)
     assert (tmp_path / "runs" / "trl" / "model.safetensors").exists()
+
+
+def test_peft_gradient_accumulation_and_conversational_pairs_pass_through(tmp_path, tokenizer, pool):
+    """LoRA through `peft_config`, gradient accumulation, and pairs fed as conversations through a chat template:
+    the rounds still follow their margins, only the adapters and the head train, the backbone stays frozen."""
+    import copy
+
+    from peft import LoraConfig
+
+    from marsrm.model import HH_CHAT_TEMPLATE
+
+    chat_tokenizer = copy.deepcopy(tokenizer)
+    chat_tokenizer.chat_template = HH_CHAT_TEMPLATE
+    lora = LoraConfig(task_type="SEQ_CLS", r=4, lora_alpha=8, target_modules=["query", "value"],
+                      modules_to_save=["classifier"])
+    args = config(tmp_path, gradient_accumulation_steps=2, pair_format="chat")
+    trainer = trainer_for(chat_tokenizer, pool, args, peft_config=lora)
+    before = weights(trainer)
+    trainer.train()
+    assert [r.round for r in trainer.rounds_] == [1, 2]
+    for record in trainer.rounds_:
+        rng = np.random.default_rng([3, record.round])
+        counts = alloc.allocate("mars", record.margins, BUDGET, rng, available=trainer.pool_sizes_ > 0, tau=2.0,
+                                tau_scale="raw")
+        np.testing.assert_array_equal(record.counts, counts)
+    after = weights(trainer)
+    moved = {k for k in before if not torch.equal(before[k], after[k])}
+    assert moved and all("lora_" in k or "classifier" in k for k in moved), sorted(moved)[:5]
+    steps_per_round = -(-(len(trainer.base_pairs_) + BUDGET) // (4 * 2))  # batch 4, accumulation 2
+    assert trainer.state.global_step == 2 * steps_per_round
