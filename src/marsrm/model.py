@@ -34,6 +34,7 @@ from marsrm.data import to_hh_text
 from marsrm.features import POOLINGS, Encoder
 from marsrm.io import atomic_write, atomic_write_json
 from marsrm.metrics import normalize_rewards
+from marsrm.packing import last_token_rewards
 from marsrm.runtime import (DTYPES, ModelError, backbone_sha256, check_no_pickle, first_line, load_tokenizer, loading,
                             portable_backbone_name, quiet_transformers, resolve_backbone)
 
@@ -249,7 +250,11 @@ class FullRewardModel(RewardModel):
             batch = self.tokenizer([texts[i] for i in index], truncation=True, max_length=self.spec.max_length,
                                    padding=True, return_tensors="pt")
             batch = {k: v.to(self.model.device) for k, v in batch.items()}
-            rewards[index] = self.model(**batch).logits[:, 0].float().cpu().numpy()
+            if reads_last_token(self.model):
+                scores = last_token_rewards(self.model, batch["input_ids"], batch["attention_mask"])
+            else:
+                scores = self.model(**batch).logits[:, 0]
+            rewards[index] = scores.float().cpu().numpy()
         return rewards
 
     def save(self, directory: str | os.PathLike) -> Path:
@@ -262,7 +267,7 @@ class FullRewardModel(RewardModel):
         directory = Path(directory)
         model = self.model
         if hasattr(model, "merge_and_unload"):  # LoRA: ship plain weights so any loader reads them
-            model = model.merge_and_unload()
+            model = copy.deepcopy(model).merge_and_unload()  # a copy: the in-memory model keeps its adapters
         model.config.id2label, model.config.label2id = {0: "reward"}, {"reward": 0}
         model.save_pretrained(directory, safe_serialization=True)
         portable_tokenizer(self.tokenizer, self.spec).save_pretrained(directory)
@@ -282,9 +287,38 @@ def portable_tokenizer(tokenizer, spec: ModelSpec):
     return portable
 
 
-def new_full_model(spec: ModelSpec, *, lora: dict | None = None, allow_pickle: bool = False, dropout: bool = True):
+def reads_last_token(model) -> bool:
+    """Whether a sequence-classification model scores at the last token: a decoder with a `score` layer
+    (Llama, Qwen, Gemma, SmolLM, GPT-2, ...), as opposed to an encoder's pooled `classifier`."""
+    if hasattr(model, "get_base_model"):  # peft
+        model = model.get_base_model()
+    return isinstance(getattr(model, "score", None), nn.Module) and not model.config.is_encoder_decoder
+
+
+def distinct_pad_token(tokenizer, model) -> None:
+    """Give a decoder a pad token that differs from EOS, in the tokenizer and in `model.config`.
+
+    transformers' decoder classification reads the reward at the rightmost token that is not the pad token; with
+    pad == EOS (SmolLM2, Llama and others) an input ending in EOS would be scored one token early by every tool
+    that loads the saved directory. The tokenizer's unknown token is used where it has one distinct from EOS and
+    BOS (no new weights); otherwise a `<|pad|>` token is added and the embeddings grow by one row.
+    """
+    if tokenizer.pad_token_id is None or tokenizer.pad_token_id == tokenizer.eos_token_id:
+        if tokenizer.unk_token_id is not None and tokenizer.unk_token_id not in (tokenizer.eos_token_id,
+                                                                               tokenizer.bos_token_id):
+            tokenizer.pad_token = tokenizer.unk_token
+        else:
+            tokenizer.add_special_tokens({"pad_token": "<|pad|>"})
+            model.resize_token_embeddings(len(tokenizer))
+    model.config.pad_token_id = tokenizer.pad_token_id
+
+
+def new_full_model(spec: ModelSpec, *, lora: dict | None = None, allow_pickle: bool = False, dropout: bool = True,
+                   gradient_checkpointing: bool = False):
     """A fresh `full`-mode reward model from the backbone (score head newly initialised); `dropout=False` sets
-    every dropout probability of the backbone to 0, as TRL's `disable_dropout` does."""
+    every dropout probability of the backbone to 0, as TRL's `disable_dropout` does. A decoder gets a pad token
+    distinct from EOS (`distinct_pad_token`); `gradient_checkpointing` recomputes activations in the backward
+    pass (less memory, about a third more compute)."""
     from transformers import AutoModelForSequenceClassification
 
     check_no_pickle(spec.backbone, allow_pickle)
@@ -292,11 +326,20 @@ def new_full_model(spec: ModelSpec, *, lora: dict | None = None, allow_pickle: b
     with loading(spec.backbone), quiet_transformers():  # its report lists the new score head: what we asked for
         model = AutoModelForSequenceClassification.from_pretrained(
             spec.backbone, num_labels=1, trust_remote_code=spec.trust_remote_code, use_safetensors=not allow_pickle)
-    model.config.pad_token_id = tokenizer.pad_token_id
+    if reads_last_token(model):
+        distinct_pad_token(tokenizer, model)
+    else:
+        model.config.pad_token_id = tokenizer.pad_token_id
     if not dropout:
         for module in model.modules():
             if isinstance(module, torch.nn.Dropout):
                 module.p = 0.0
+    if gradient_checkpointing:
+        model.config.use_cache = False  # a reward model keeps no cache; checkpointing would warn about it
+        if hasattr(model, "activation_checkpointing_enable"):  # the name in newer transformers
+            model.activation_checkpointing_enable({"use_reentrant": False})
+        else:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     if lora:
         from peft import LoraConfig, TaskType, get_peft_model
 
@@ -509,8 +552,8 @@ def export_head_model(model: HeadRewardModel, directory: str | os.PathLike) -> P
         raise ModelError(f"export: {config.model_type} has no bias-free `score` layer on the last token")
     with torch.no_grad():
         score.weight.copy_(model.head.linear.weight)
-    tokenizer = model.encoder.tokenizer
-    seq.config.pad_token_id = tokenizer.pad_token_id
+    tokenizer = copy.deepcopy(model.encoder.tokenizer)  # the encoder keeps its own pad token
+    distinct_pad_token(tokenizer, seq)
     seq.config.id2label, seq.config.label2id = {0: "reward"}, {"reward": 0}
     directory = Path(directory)
     seq.save_pretrained(directory, safe_serialization=True)

@@ -97,6 +97,8 @@ class ModelSettings:
                                    "runs it natively, else none", choices=["auto", "no", "bf16", "fp16"])
     dropout: bool = setting(False, "full mode: keep the backbone's dropout on while training (off by default, "
                             "as in TRL's RewardTrainer)")
+    gradient_checkpointing: bool = setting(False, "full mode: recompute activations in the backward pass (less "
+                                           "memory, more compute, the same gradients)")
     trust_remote_code: bool = setting(False, "allow a backbone's own Python code to run (off: safer)")
     allow_pickle: bool = setting(False, "allow loading pickle weights (off: they can run arbitrary code)")
 
@@ -243,7 +245,8 @@ def _build_model(config: ModelSettings, seed: int):
         spec.embed_dtype = encoder.dtype
         return HeadRewardModel(spec, ScalarHead(encoder.dim, spec.head_hidden), encoder=encoder)
     lora = {"r": config.lora_r, "lora_alpha": config.lora_alpha, "lora_dropout": 0.05} if config.lora_r else None
-    return new_full_model(spec, lora=lora, allow_pickle=config.allow_pickle, dropout=config.dropout)
+    return new_full_model(spec, lora=lora, allow_pickle=config.allow_pickle, dropout=config.dropout,
+                          gradient_checkpointing=config.gradient_checkpointing)
 
 
 def truncation_report(model, pairs):

@@ -31,7 +31,8 @@ FINGERPRINT_VERSION = 2
 
 # Settings that never change what a run computes: where it writes, how it reports progress, what it may load.
 BOOKKEEPING = {"resume", "overwrite", "progress", "output", "pool_memory", "trust_remote_code", "allow_pickle",
-               "workers", "record", "allow_overlap"}
+               "workers", "record", "allow_overlap",
+               "gradient_checkpointing"}  # recomputes activations to save memory: the same gradients
 # Settings that, when continuing a killed run, may differ from the first attempt: more rounds extend it.
 RESUME_FREE = {"rounds"}
 HEAD_ONLY = {"pooling", "head_hidden", "embed_dtype"}

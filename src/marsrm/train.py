@@ -4,7 +4,8 @@
 
 m_i is TRL's optional per-pair `margin`, w_i an optional per-pair weight (AdaBoost-style reweighting).
 Chosen and rejected go through the model in ONE forward pass (stacked), batches group similar lengths
-and pad only to the longest text in the batch.
+and pad only to the longest text in the batch; or, for causal backbones, each pair is one packed segment
+that holds the prompt once (`PackedExamples`, `marsrm.packing`).
 
 Data parallelism: each optimizer step takes one global batch of `batch_size` pairs; with P processes
 every process scores a slice of it, and the loss is the sum over the slice divided by the global batch
@@ -22,6 +23,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from marsrm.config import ConfigError
+from marsrm.packing import PairTokens, last_token_rewards, pack, packed_rewards
 from marsrm.runtime import resolve_dtype
 
 
@@ -100,11 +102,15 @@ class HeadExamples:
 
 
 class TokenExamples:
-    """Pairs as token ids (full mode); chosen and rejected are padded together to the batch's longest."""
+    """Pairs as token ids (full mode); chosen and rejected are padded together to the batch's longest.
+
+    `last_token`: read each reward at the row's last real token (decoders) rather than from the model's own
+    pooled output (encoders)."""
 
     def __init__(self, chosen_ids: list[list[int]], rejected_ids: list[list[int]], pad_id: int, margin=None,
-                 weight=None):
+                 weight=None, last_token: bool = False):
         self.chosen_ids, self.rejected_ids, self.pad_id = chosen_ids, rejected_ids, pad_id
+        self.last_token = last_token
         self.margin = None if margin is None else torch.as_tensor(np.asarray(margin), dtype=torch.float32)
         self.weight = None if weight is None else torch.as_tensor(np.asarray(weight), dtype=torch.float32)
         self.lengths = np.array([max(len(c), len(r)) for c, r in zip(chosen_ids, rejected_ids)], dtype=np.int64)
@@ -124,9 +130,38 @@ class TokenExamples:
         _add_pair_columns(batch, self, torch.as_tensor(index))
         return batch
 
+    def forward(self, module, batch: dict) -> torch.Tensor:
+        if self.last_token:
+            return last_token_rewards(module, batch["input_ids"], batch["attention_mask"])
+        return module(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits[:, 0]
+
+
+class PackedExamples:
+    """Pairs as shared-prompt segments (causal backbones): a batch's pairs packed into rows (`marsrm.packing`).
+
+    Rows hold segments up to `budget` tokens, or the batch's longest segment when that is longer. `lengths`
+    are the plain path's (prompt + longer response), so both paths draw the same batches for the same seed.
+    """
+
+    def __init__(self, pairs: list[PairTokens], pad_id: int, budget: int, margin=None, weight=None):
+        self.pairs, self.pad_id, self.budget = pairs, pad_id, budget
+        self.margin = None if margin is None else torch.as_tensor(np.asarray(margin), dtype=torch.float32)
+        self.weight = None if weight is None else torch.as_tensor(np.asarray(weight), dtype=torch.float32)
+        self.lengths = np.array([len(p.prompt) + max(len(p.chosen), len(p.rejected)) for p in pairs],
+                                dtype=np.int64)
+
+    def __len__(self) -> int:
+        return len(self.pairs)
+
+    def collate(self, index: np.ndarray) -> dict:
+        segments = [self.pairs[i] for i in index]
+        batch = pack(segments, max(self.budget, max(len(s) for s in segments)), self.pad_id)
+        _add_pair_columns(batch, self, torch.as_tensor(index))
+        return batch
+
     @staticmethod
     def forward(module, batch: dict) -> torch.Tensor:
-        return module(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits[:, 0]
+        return packed_rewards(module, batch)
 
 
 def _add_pair_columns(batch: dict, examples, index) -> None:
@@ -187,7 +222,7 @@ def train_epochs(module: torch.nn.Module, examples, settings: OptimSettings, *, 
                  step_offset: int = 0, desc: str = "training", progress: bool = True) -> dict:
     """Train `module` in place on `examples` for `settings.epochs` epochs; returns a summary dict.
 
-    `examples` is a HeadExamples or TokenExamples. Seeds: the batch order depends only on settings.seed.
+    `examples` is a HeadExamples, TokenExamples or PackedExamples. Seeds: the batch order depends only on settings.seed.
     """
     settings.validate()
     accelerator = accelerator or make_accelerator()
