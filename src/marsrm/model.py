@@ -318,7 +318,7 @@ def new_full_model(spec: ModelSpec, *, lora: dict | None = None, allow_pickle: b
     """A fresh `full`-mode reward model from the backbone (score head newly initialised); `dropout=False` sets
     every dropout probability of the backbone to 0, as TRL's `disable_dropout` does. A decoder gets a pad token
     distinct from EOS (`distinct_pad_token`); `gradient_checkpointing` recomputes activations in the backward
-    pass (less memory, about a third more compute)."""
+    pass (less memory, more compute, the same gradients)."""
     from transformers import AutoModelForSequenceClassification
 
     check_no_pickle(spec.backbone, allow_pickle)
