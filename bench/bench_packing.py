@@ -31,7 +31,6 @@ import math
 import os
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -40,7 +39,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from bench_train import fresh_accelerate_state  # noqa: E402  (bench/bench_train.py)
-from common import Meter, machine  # noqa: E402  (bench/common.py)
+from common import Meter, machine, train_with_trl  # noqa: E402  (bench/common.py)
 
 TARGETS = {"packed vs trl": 1.6, "packed vs plain": 1.25, "token_slots_over_floor": 1.15}
 
@@ -116,10 +115,7 @@ def run_marsrm(args, train, packed: bool):
 
 
 def run_trl(args, train, workdir: str):
-    from datasets import Dataset
-    from transformers import TrainerCallback
-    from trl import RewardConfig, RewardTrainer
-    from trl.trainer.reward_trainer import DataCollatorForPreference
+    from trl import RewardConfig
 
     from marsrm.learners import token_examples
     from marsrm.train import resolve_mixed_precision
@@ -128,19 +124,6 @@ def run_trl(args, train, workdir: str):
     plain = token_examples(model, train, packed=False)
     optim = optim_settings(args)
     slots = Slots()
-    collator = DataCollatorForPreference(pad_token_id=model.tokenizer.pad_token_id)
-
-    def counting_collator(features):
-        batch = collator(features)
-        slots.add(batch["input_ids"], int(batch["attention_mask"].sum()))
-        return batch
-
-    class Clock(TrainerCallback):
-        def on_train_begin(self, *_, **__):
-            self.wall = time.perf_counter()
-
-        def on_train_end(self, *_, **__):
-            self.wall = time.perf_counter() - self.wall
 
     fresh_accelerate_state()
     steps = math.ceil(len(train) / optim.batch_size)
@@ -152,14 +135,10 @@ def run_trl(args, train, workdir: str):
         eval_strategy="no", save_strategy="no", logging_strategy="no", disable_tqdm=True, dataloader_num_workers=0,
         bf16=resolve_mixed_precision(args.mixed_precision) == "bf16", gradient_checkpointing=False,
         disable_dropout=True)
-    dataset = Dataset.from_dict({"chosen_ids": plain.chosen_ids, "rejected_ids": plain.rejected_ids})
-    clock = Clock()
-    trainer = RewardTrainer(model=model.model, args=config, train_dataset=dataset, processing_class=model.tokenizer,
-                            data_collator=counting_collator, callbacks=[clock])
+    trainer, clock, meter = train_with_trl(
+        model, config, plain.chosen_ids, plain.rejected_ids,
+        on_batch=lambda batch, _: slots.add(batch["input_ids"], int(batch["attention_mask"].sum())))
     kept = len(trainer.train_dataset)
-    with Meter() as meter:
-        trainer.train()
-    model.model = trainer.model.eval()
     return model, {"pairs": kept, "steps": trainer.state.global_step, "loop_s": clock.wall,
                    "pairs_per_s": kept / clock.wall, "call": meter.as_dict(), "slots": slots,
                    "mixed_precision": trainer.accelerator.mixed_precision}

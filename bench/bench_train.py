@@ -47,7 +47,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
-from common import Meter, machine  # noqa: E402  (bench/common.py)
+from common import Meter, machine, train_with_trl  # noqa: E402  (bench/common.py)
 
 TARGET_RATIO = 1.3
 
@@ -166,34 +166,12 @@ def run_trl(config, examples, workdir: str, *, settings: str = "marsrm") -> tupl
     no gradient checkpointing), "fp32" (bf16 off, dropout on, no checkpointing), "defaults" (TRL as it ships)."""
     from marsrm.train import resolve_mixed_precision
 
-    from datasets import Dataset
-    from transformers import TrainerCallback
-    from trl import RewardConfig, RewardTrainer
-    from trl.trainer.reward_trainer import DataCollatorForPreference
+    from trl import RewardConfig
 
     model = fresh_model(config)
     optim = config.optim()
     steps = math.ceil(len(examples) / optim.batch_size)
     padding = Padding()
-    collator = DataCollatorForPreference(pad_token_id=model.tokenizer.pad_token_id)
-
-    def counting_collator(features):
-        started = time.perf_counter()
-        batch = collator(features)
-        padding.add(batch["attention_mask"], time.perf_counter() - started)
-        return batch
-
-    class Clock(TrainerCallback):
-        def on_train_begin(self, args, state, control, **kwargs):
-            self.wall, self.cpu = time.perf_counter(), time.process_time()
-
-            self.step_ends = []
-
-        def on_step_end(self, args, state, control, **kwargs):
-            self.step_ends.append(time.perf_counter())
-
-        def on_train_end(self, args, state, control, **kwargs):
-            self.wall, self.cpu = time.perf_counter() - self.wall, time.process_time() - self.cpu
 
     fresh_accelerate_state()
     matched = {"defaults": {},
@@ -207,15 +185,9 @@ def run_trl(config, examples, workdir: str, *, settings: str = "marsrm") -> tupl
         max_grad_norm=optim.max_grad_norm, max_length=config.max_length, center_rewards_coefficient=None,
         seed=optim.seed, report_to="none", use_cpu=True, eval_strategy="no", save_strategy="no",
         logging_strategy="no", disable_tqdm=True, dataloader_num_workers=0, **matched)
-    dataset = Dataset.from_dict({"chosen_ids": examples.chosen_ids, "rejected_ids": examples.rejected_ids})
-    clock = Clock()
-    trainer = RewardTrainer(model=model.model, args=args, train_dataset=dataset, processing_class=model.tokenizer,
-                            data_collator=counting_collator, callbacks=[clock])
+    trainer, clock, meter = train_with_trl(model, args, examples.chosen_ids, examples.rejected_ids,
+                                           on_batch=lambda batch, seconds: padding.add(batch["attention_mask"], seconds))
     kept = len(trainer.train_dataset)
-    with Meter() as meter:
-        trainer.train()
-    model.model = trainer.model
-    model.model.eval()
     ends = clock.step_ends
     after_first = (kept - padding.rows[0] // 2) / (ends[-1] - ends[0]) if len(ends) > 1 else None
     return model, {"pairs": kept, "steps": trainer.state.global_step, "loop_s": clock.wall, "loop_cpu_s": clock.cpu,
