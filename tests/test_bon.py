@@ -305,7 +305,7 @@ SETTINGS = {"max_new_tokens": 8, "temperature": 0.7, "top_p": 0.95, "top_k": 50}
 def policy():
     from marsrm.bon import Policy
 
-    return Policy("smollm2", batch_size=8, **SETTINGS)
+    return Policy("smollm2", batch_size=8, engine="transformers", **SETTINGS)
 
 
 @pytest.mark.slow
@@ -356,7 +356,7 @@ def test_bon_end_to_end(runs, policy, tmp_path, monkeypatch, capsys):
     generate_samples(held_out[:3] + held_out[4:], 4, policy, tmp_path / "samples", echo=lambda *_: None)
     argv = ["bon", "--data", data, "--train-size", "10", "--prompts", "3", "--ns", "1,2,4", "--samples",
             str(tmp_path / "samples"), "--models", f"{runs / 'a' / 'model'},{runs / 'b' / 'model'}",
-            "--n-resamples", "100", "--no-progress", "--max-new-tokens", "8"]
+            "--n-resamples", "100", "--no-progress", "--max-new-tokens", "8", "--engine", "transformers"]
     assert main(argv + ["--gold", str(runs / "gold" / "model"), "--output", str(tmp_path / "out")]) == 0
     out = capsys.readouterr().out
     assert "sampling" not in out and "win rate a vs b" in out

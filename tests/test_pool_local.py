@@ -38,11 +38,12 @@ def test_settings_change_with_decoding_and_model_but_not_with_batch_size():
     assert LocalParaphraser(decoding="beam").settings() != base
 
 
-def test_only_fp32_promises_outputs_independent_of_batching():
+def test_only_transformers_in_fp32_promises_outputs_independent_of_batching():
     from marsrm.runtime import cpu_has_bf16
 
-    assert LocalParaphraser(dtype="fp32").batch_invariant
-    assert not LocalParaphraser(dtype="bf16").batch_invariant
+    assert LocalParaphraser(dtype="fp32", engine="transformers").batch_invariant
+    assert not LocalParaphraser(dtype="bf16", engine="transformers").batch_invariant
+    assert not LocalParaphraser(dtype="fp32", engine="llama.cpp").batch_invariant  # round-off follows the call
     assert LocalParaphraser().dtype_name == ("bf16" if torch.cuda.is_available() or cpu_has_bf16() else "fp32")
     with pytest.raises(PoolError, match="dtype"):
         LocalParaphraser(dtype="int4")
@@ -87,7 +88,7 @@ def test_row_budget_stops_each_row_at_its_own_length():
 
 @pytest.fixture(scope="module")
 def smollm2():
-    paraphraser = LocalParaphraser(max_new_tokens=12, batch_size=8, dtype="fp32")
+    paraphraser = LocalParaphraser(max_new_tokens=12, batch_size=8, dtype="fp32", engine="transformers")
     paraphraser.load()
     return paraphraser
 

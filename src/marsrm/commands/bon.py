@@ -10,6 +10,8 @@ from marsrm.bon import (DEFAULT_NS, RUN_CONFIG, Policy, best_of_n, check_ns, for
                         training_prompts)
 from marsrm.config import ConfigError, check_settings, setting, to_yaml
 from marsrm.io import atomic_write_json, atomic_write_text
+from marsrm.llamacpp import WEIGHTS, parse_threads
+from marsrm.lm import ENGINES
 from marsrm.pipeline import DataSettings
 
 
@@ -40,7 +42,13 @@ class BonConfig(DataSettings):
     max_new_tokens: int = setting(128, "tokens per sampled response at most", ge=1)
     max_prompt_tokens: int = setting(512, "prompt tokens at most: the earliest turns are dropped to fit, then the "
                                      "start is cut", ge=1)
-    batch_size: int = setting(16, "sampled rows per generate call", ge=1)
+    engine: str = setting("auto", "policy generation engine; auto = llama.cpp for a .gguf policy on the CPU "
+                          "(continuous batching), else transformers", choices=list(ENGINES))
+    weights: str = setting("q8_0", "llama.cpp: weights the .gguf policy is converted to once (cached): q8_0, f16 "
+                           "or as-is", choices=list(WEIGHTS))
+    threads: str = setting("auto", "llama.cpp: CPU threads; auto = adapt between 1 and all cores, or a number")
+    batch_size: int | None = setting(None, "rows sampled together (default 16 with transformers, 32 slots with "
+                                     "llama.cpp)", ge=1)
     dtype: str = setting("auto", "policy dtype; auto = bf16 on a GPU, fp32 on a CPU (fp32: a row's sample does "
                          "not depend on its batch)", choices=["auto", "fp32", "bf16", "fp16"])
     device: str | None = setting(None, "device for the policy and the reward models (default: cuda if available)")
@@ -65,6 +73,7 @@ class BonConfig(DataSettings):
             raise ConfigError("setting 'gold': a gold reward model directory is required (docs/DOWNSTREAM.md "
                               "shows how to train one)")
         check_ns(self.ns)
+        parse_threads(self.threads)
         model_names(self.models)
 
 
@@ -123,7 +132,8 @@ def bon(config: BonConfig, echo=print) -> dict:
     policy = Policy(config.policy, temperature=config.temperature, top_p=config.top_p, top_k=config.top_k,
                     max_new_tokens=config.max_new_tokens, max_prompt_tokens=config.max_prompt_tokens,
                     batch_size=config.batch_size, dtype=config.dtype, device=config.device,
-                    trust_remote_code=config.trust_remote_code)
+                    trust_remote_code=config.trust_remote_code, engine=config.engine, weights=config.weights,
+                    threads=parse_threads(config.threads))
     samples = generate_samples(prompts, ns[-1], policy, config.samples or out / "samples", seed=config.sample_seed,
                                echo=echo, progress=config.progress)
     result = best_of_n(samples, models, gold, ns, normalize_gold=config.normalize_gold,

@@ -13,14 +13,20 @@ Decoding:
 Prompt prefix: with decoder-only models, sampling batches share the prompt text before the source (system
 line, worked examples, instruction: ~400 tokens for a ~30-token text); its KV cache is computed once and
 each batch continues it, rows padded between the prefix and their own tokens.
-The model loading, the seeded sampler and the batched generation live in `marsrm.lm` (shared with best-of-N).
+Engines (`engine`): "auto" runs a GGUF model on the CPU with llama.cpp (`marsrm.llamacpp`: continuous batching,
+weights converted to `weights`, the prefix and each distinct prompt decoded once per call) and everything else
+with transformers. The model loading, the seeded sampler and the batched generation live in `marsrm.lm` (shared
+with best-of-N).
 Length: each output may use at most `length_ratio` × the source's length in tokens (+ slack), capped at
 `max_new_tokens`; long texts are cut into sentence chunks by the pool builder before they get here.
 """
 from __future__ import annotations
 
-from marsrm.lm import (DEFAULT_MODEL, LMError, generate, load_language_model, model_identity, prefill, prepare,
-                       resolve_model)
+from pathlib import Path
+
+from marsrm.llamacpp import DEFAULT_SLOTS, EngineError
+from marsrm.lm import (DEFAULT_MODEL, LMError, choose_engine, generate, load_language_model, load_tokenizer,
+                       model_identity, prefill, prepare, resolve_model)
 from marsrm.pool.paraphrase import (DECODINGS, EXAMPLES, INSTRUCTIONS, SYSTEM, TEMPLATES, Paraphraser, PoolError,
                                     Task, chat_messages, clean_output, token_budget)
 from marsrm.runtime import DTYPES, default_device, resolve_dtype
@@ -36,8 +42,9 @@ class LocalParaphraser(Paraphraser):
     def __init__(self, *, model: str | None = DEFAULT_MODEL, template: str = "auto", decoding: str = "sample",
                  num_beams: int = 5, temperature: float = 0.7, top_p: float = 0.95, top_k: int = 50,
                  no_repeat_ngram_size: int = 3, repetition_penalty: float = 1.0, length_ratio: float = 1.5,
-                 max_new_tokens: int = 192, batch_size: int = 16, device: str | None = None,
-                 dtype: str = "auto", trust_remote_code: bool = False):
+                 max_new_tokens: int = 192, batch_size: int | None = None, device: str | None = None,
+                 dtype: str = "auto", trust_remote_code: bool = False, engine: str = "auto",
+                 weights: str = "q8_0", threads: str | int = "auto"):
         super().__init__()
         if dtype not in DTYPES["paraphrase"]:
             raise PoolError(f"setting 'dtype': '{dtype}' (choose auto, fp32, bf16 or fp16)")
@@ -45,7 +52,7 @@ class LocalParaphraser(Paraphraser):
             raise PoolError(f"setting 'template': '{template}' (choose {', '.join(TEMPLATES)})")
         if decoding not in DECODINGS:
             raise PoolError(f"setting 'decoding': '{decoding}' (choose {', '.join(DECODINGS)})")
-        for name, value, low in (("batch_size", batch_size, 1), ("max_new_tokens", max_new_tokens, 1),
+        for name, value, low in (("batch_size", 1 if batch_size is None else batch_size, 1), ("max_new_tokens", max_new_tokens, 1),
                                  ("num_beams", num_beams, 1), ("top_k", top_k, 1)):
             if value < low:
                 raise PoolError(f"setting '{name}': must be at least {low} (got {value})")
@@ -61,8 +68,18 @@ class LocalParaphraser(Paraphraser):
         self.template, self.decoding = template, decoding
         self.num_beams, self.temperature, self.top_p, self.top_k = num_beams, temperature, top_p, top_k
         self.no_repeat_ngram_size, self.repetition_penalty = no_repeat_ngram_size, repetition_penalty
-        self.length_ratio, self.max_new_tokens, self.batch_size = length_ratio, max_new_tokens, batch_size
+        self.length_ratio, self.max_new_tokens = length_ratio, max_new_tokens
         self.device = default_device(device)
+        try:
+            self.engine_name = choose_engine(engine, self.gguf_file, self.device, sampling=decoding == "sample")
+            if self.engine_name == "llama.cpp":
+                from marsrm.llamacpp import LlamaEngine
+
+                self.engine = LlamaEngine(Path(self.location) / self.gguf_file, weights=weights,
+                                          slots=batch_size or DEFAULT_SLOTS, threads=threads)
+        except (LMError, EngineError) as err:
+            raise PoolError(str(err)) from err
+        self.batch_size = batch_size or (DEFAULT_SLOTS if self.engine_name == "llama.cpp" else 16)
         self.dtype_name = resolve_dtype(dtype, self.device, "paraphrase")
         self.trust_remote_code = trust_remote_code
         self._model = self._tokenizer = None
@@ -71,11 +88,14 @@ class LocalParaphraser(Paraphraser):
 
     @property
     def batch_invariant(self) -> bool:
-        """fp32: a text's outputs do not depend on its batch neighbours; bf16/fp16 round-off does."""
-        return self.dtype_name == "fp32"
+        """transformers in fp32: a text's outputs do not depend on its batch neighbours; bf16/fp16 round-off does,
+        and so does llama.cpp's (a call's outputs are the same for the same call, whatever the thread count)."""
+        return self.engine_name == "transformers" and self.dtype_name == "fp32"
 
     def settings(self) -> dict:
-        return {"kind": self.kind, "model": model_identity(self.location, self.gguf_file), "dtype": self.dtype_name,
+        compute = ({"engine": "llama.cpp", "weights": self.engine.weights} if self.engine_name == "llama.cpp"
+                   else {"dtype": self.dtype_name})  # transformers: as before engines existed (caches stay valid)
+        return {"kind": self.kind, "model": model_identity(self.location, self.gguf_file), **compute,
                 "template": self.template,
                 "decoding": self.decoding, "num_beams": self.num_beams if self.decoding == "beam" else None,
                 "temperature": self.temperature, "top_p": self.top_p, "top_k": self.top_k,
@@ -87,8 +107,18 @@ class LocalParaphraser(Paraphraser):
 
     def load(self):
         """Load tokenizer and model (once); errors name the model and the fix."""
-        if self._model is not None:
+        if self._tokenizer is not None:
             return self._model
+        if self.engine_name == "llama.cpp":
+            try:
+                self._tokenizer = load_tokenizer(self.location, self.gguf_file)
+            except OSError as err:
+                raise PoolError(f"setting 'model': cannot read the tokenizer of '{self.model_name}' "
+                                f"({str(err).splitlines()[0]})") from err
+            self.engine.load()
+            self.template_used = self.template if self.template != "auto" else (
+                "chat" if self._tokenizer.chat_template else "plain")
+            return None
         try:
             model, tokenizer = load_language_model(self.location, self.gguf_file, dtype=self.dtype_name,
                                                    trust_remote_code=self.trust_remote_code, seq2seq=True)
@@ -123,7 +153,8 @@ class LocalParaphraser(Paraphraser):
             prefix = template[:template.index(_SENTINEL)]
             ids = self._tokenizer(prefix, add_special_tokens=self.template_used != "chat",
                                   return_tensors="pt")["input_ids"].to(self.device)
-            self._prefixes[kind] = (prefix, ids, prefill(self._model, ids))
+            cache = prefill(self._model, ids) if self.engine_name == "transformers" else None  # llama.cpp: per call
+            self._prefixes[kind] = (prefix, ids, cache)
         return self._prefixes[kind]
 
     def _rows(self, task: Task) -> list[int]:
@@ -144,6 +175,8 @@ class LocalParaphraser(Paraphraser):
         """
         self.load()
         rows = [self._rows(t) for t in tasks]
+        if self.engine_name == "llama.cpp":
+            return self._complete_llama(tasks, rows, on_done)
         order = sorted(range(len(tasks)), key=lambda i: (tasks[i].kind, -len(rows[i])))  # similar lengths together
         out: list[str | None] = [None] * len(tasks)
         batches = []
@@ -161,6 +194,33 @@ class LocalParaphraser(Paraphraser):
                 if on_done is not None:
                     on_done(i, text)
         return out
+
+    def _complete_llama(self, tasks: list[Task], rows: list[list[int]], on_done) -> list[str]:
+        """`complete` with llama.cpp: one engine call per task kind (its shared prefix), every task in it."""
+        out: list[str | None] = [None] * len(tasks)
+        for kind in dict.fromkeys(t.kind for t in tasks):
+            index = [i for i, t in enumerate(tasks) if t.kind == kind]
+
+            def done(j, ids, ended, index=index):
+                i = index[j]
+                out[i] = self._text(ids, tasks[i].text)
+                if on_done is not None:
+                    on_done(i, out[i])
+
+            self.engine.generate([rows[i] for i in index], seeds=[tasks[i].seed for i in index],
+                                 budgets=[token_budget(tasks[i].text, self.length_ratio, self.max_new_tokens)
+                                          for i in index],
+                                 prefix=self._prefix(kind)[1][0].tolist(), temperature=self.temperature,
+                                 top_k=self.top_k, top_p=self.top_p, no_repeat_ngram_size=self.no_repeat_ngram_size,
+                                 repetition_penalty=self.repetition_penalty if self.repetition_penalty != 1.0 else None,
+                                 on_done=done)
+        return out
+
+    def _text(self, ids: list[int], source: str) -> str:
+        """A generated row's text, cleaned (counted in `tokens`)."""
+        ids = [t for t in ids if t != self._tokenizer.pad_token_id]
+        self.tokens += len(ids)
+        return clean_output(self._tokenizer.decode(ids, skip_special_tokens=True), source)
 
     def paraphrase(self, texts, n, seed, on_done=None):
         if self.decoding == "sample":
@@ -198,13 +258,10 @@ class LocalParaphraser(Paraphraser):
                            budgets=budgets if beams == 1 else None, no_repeat_ngram_size=self.no_repeat_ngram_size,
                            repetition_penalty=self.repetition_penalty if self.repetition_penalty != 1.0 else None,
                            **options)
-        texts = []
-        for (ids, _), source in zip(outputs, sources, strict=True):
-            ids = [t for t in ids if t != tok.pad_token_id]
-            self.tokens += len(ids)
-            texts.append(clean_output(tok.decode(ids, skip_special_tokens=True), source))
-        return texts
+        return [self._text(ids, source) for (ids, _), source in zip(outputs, sources, strict=True)]
 
     def close(self) -> None:
         self._model = self._tokenizer = None
         self._prefixes = {}
+        if self.engine_name == "llama.cpp":
+            self.engine.close()

@@ -1,0 +1,123 @@
+"""Local generation engines side by side: the `local` paraphraser's tokens/s and label-filter kept share.
+
+Every configuration paraphrases the same texts `--n` times with `LocalParaphraser.paraphrase` (the pool's prompt:
+system line, worked examples, instruction; seeded sampling at the pool's defaults), after a warm-up call outside
+the timing; the rate is generated tokens per wall-clock second. The kept share is the pool's label filter
+(all-MiniLM-L6-v2 cosine ≥ 0.75, length band 0.5–2×) on those outputs: the same quality of paraphrase means a
+kept share within a few points.
+
+  transformers   today's `local` backend: static batches of 16 rows, its default dtype (bf16 where the CPU
+                 has native bf16, else fp32)
+  llama.cpp      continuous batching through llama-cpp-python, 32 slots, weights converted to Q8_0 (default)
+  llama.cpp:W    the same with weights W (f16, as-is)
+
+`--busy` repeats each configuration with one CPU-bound process beside it (a busy loop in another process, as
+a laptop running something else), for the "no worse than half the idle rate" target.
+
+    HF_HUB_OFFLINE=1 .venv/bin/python bench/bench_generation.py                       # ≈ 10 min on 2 idle cores
+    HF_HUB_OFFLINE=1 .venv/bin/python bench/bench_generation.py --texts 24 --engines llama.cpp --busy
+"""
+from __future__ import annotations
+
+import argparse
+import multiprocessing
+import os
+import platform
+import time
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+from bench_paraphrase import sample_texts  # noqa: E402  (same texts as the batching benchmark)
+
+
+def cpu_name() -> str:
+    try:
+        for line in open("/proc/cpuinfo", encoding="utf-8"):
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown CPU"
+
+
+def _spin(stop) -> None:
+    while not stop.is_set():
+        sum(i * i for i in range(10_000))
+
+
+def build(spec: str, model: str | None):
+    from marsrm.pool.local import LocalParaphraser
+
+    engine, _, weights = spec.partition(":")
+    return LocalParaphraser(model=model, engine=engine, **({"weights": weights} if weights else {}))
+
+
+def timed(paraphraser, texts, n) -> dict:
+    tokens0, wall = paraphraser.tokens, time.perf_counter()
+    outputs = paraphraser.paraphrase(texts, n, seed=0)
+    wall = time.perf_counter() - wall
+    tokens = paraphraser.tokens - tokens0
+    return {"seconds": round(wall, 2), "tokens": tokens, "tokens_per_s": round(tokens / wall, 2), "outputs": outputs}
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
+    parser.add_argument("--data", default="hh-rlhf/helpful-base")
+    parser.add_argument("--texts", type=int, default=32)
+    parser.add_argument("--n", type=int, default=5, help="paraphrases per text (the pool's default)")
+    parser.add_argument("--engines", default="transformers,llama.cpp", help="comma-separated configurations")
+    parser.add_argument("--model", default=None, help="local model (default: SmolLM2-135M-Instruct GGUF)")
+    parser.add_argument("--busy", action="store_true", help="also run each beside one CPU-bound process")
+    parser.add_argument("--output", default="runs/bench/generation.json")
+    args = parser.parse_args(argv)
+
+    from transformers.utils import logging as hf_logging
+
+    from marsrm.features import LazyEmbed
+    from marsrm.io import atomic_write_json
+    from marsrm.pool.filter import FilterSettings, count_reasons, judge
+    from marsrm.runtime import DEFAULT_BACKBONE
+
+    hf_logging.set_verbosity_error()
+    texts = sample_texts(args.data, args.texts)
+    embed = LazyEmbed(DEFAULT_BACKBONE, dtype="fp32")
+    print(f"{cpu_name()}, {len(os.sched_getaffinity(0))} cores; {len(texts)} texts × n={args.n}", flush=True)
+    results = {"cpu": cpu_name(), "cores": len(os.sched_getaffinity(0)), "texts": len(texts), "n": args.n, "runs": {}}
+    for spec in [s.strip() for s in args.engines.split(",") if s.strip()]:
+        paraphraser = build(spec, args.model)
+        paraphraser.load()
+        paraphraser.paraphrase(texts[:2], 2, seed=99)  # warm-up (and weight conversion), outside the timing
+        run = timed(paraphraser, texts, args.n)
+        reasons, _ = judge(texts, run.pop("outputs"), FilterSettings(), embed)
+        counts = count_reasons(reasons)
+        run["kept_share"] = round(counts["kept"] / sum(counts.values()), 4)
+        run["filter"] = counts
+        if args.busy:
+            stop = multiprocessing.Event()
+            hog = multiprocessing.Process(target=_spin, args=(stop,), daemon=True)
+            hog.start()
+            time.sleep(1.0)
+            busy = timed(paraphraser, texts, args.n)
+            stop.set()
+            hog.join()
+            busy.pop("outputs")
+            run["busy"] = busy
+        paraphraser.close()
+        results["runs"][spec] = run
+        print(f"{spec:>18}: {run['tokens_per_s']:7.1f} tok/s ({run['tokens']} tokens, {run['seconds']} s), kept "
+              f"{run['kept_share']:.1%}" + (f"; beside a busy process {run['busy']['tokens_per_s']:.1f} tok/s"
+                                             if args.busy else ""), flush=True)
+    base = results["runs"].get("transformers")
+    if base:
+        for spec, run in results["runs"].items():
+            run["speedup"] = round(run["tokens_per_s"] / base["tokens_per_s"], 2)
+            run["kept_points"] = round(100 * (run["kept_share"] - base["kept_share"]), 1)
+            print(f"{spec:>18}: ×{run['speedup']} transformers' rate, kept share {run['kept_points']:+.1f} points")
+    atomic_write_json(args.output, results)
+    print(f"wrote {args.output}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
