@@ -1,22 +1,25 @@
 """The llama.cpp generation engine: seeded samples decoded with continuous batching through llama-cpp-python.
 
-`marsrm.lm.engine_for` picks it for GGUF models on the CPU (`engine="auto"`); the `local` paraphraser, semantic
+`marsrm.lm.choose_engine` picks it for GGUF models on the CPU (`engine="auto"`); the `local` paraphraser, semantic
 refinement and best-of-N sampling all reach it through `LlamaEngine.generate`.
 
-- KV streams: the context keeps one KV stream per sequence (llama.cpp's non-unified cache), so a row attends to
-  its own context only. Stream 0 holds the shared prefix (the paraphrase prompt's system line, worked examples
-  and instruction), computed once; a *template* stream holds one distinct prompt (prefix + row), computed once
-  for all of its samples (the n paraphrases of a text, the N best-of-N samples of a prompt); the *slot* streams
-  decode, each starting as a copy of its template.
-- Continuous batching: every `llama_decode` call carries the next token of each decoding slot and the prompt
-  tokens of the templates being filled; a row that ends frees its slot, and the next row takes it at once.
+- KV cache: one cache shared by all sequences (llama.cpp's unified cache), where a copied sequence shares its
+  source's cells. Stream 0 holds the shared prefix (the paraphrase prompt's system line, worked examples and
+  instruction), computed once per call; a *template* stream holds one distinct prompt (prefix + row), computed
+  once for all of its samples (the n paraphrases of a text, the N best-of-N samples of a prompt); the *slot*
+  streams decode, each starting as a copy of its template. The cache holds what can be live at once and no
+  more, because every decode step's attention spans all of it (the cost that limits this engine, measured in
+  bench/README.md).
+- Continuous batching: each `llama_decode` call carries the next token of every decoding slot; a row that ends
+  frees its slot and the next row takes it at once, its template's prompt decoded in a call of its own.
 - Sampling: Gumbel-max over the top-k/top-p candidates at temperature T, one numpy PCG64 stream per row seeded by
   the row's seed, `top_k` uniforms a step: a row's tokens depend on its seed and its logits only.
+- Determinism: a call starts from an empty cache and schedules its rows in a fixed order, so the same call gives
+  the same tokens, whatever ran before it and whatever the thread count (tests/test_llamacpp.py); a row's
+  logits may differ by round-off with the rows called beside it, so callers keep whole calls on resume.
 - Weights: "q8_0" (default) converts the model's GGUF file once with llama.cpp's own quantizer (cached under
-  $MARSRM_CACHE/gguf); its batched kernels are faster than Q4_1's (the format SmolLM2 ships in), and a row's logits
-  come out bit for bit the same whatever was decoded beside it (tests/test_llamacpp.py checks it). "as-is" uses the
-  file unchanged; "f16" converts to float16 (closest to the de-quantised weights; logits then depend on the batch
-  by round-off).
+  $MARSRM_CACHE/gguf); its batched kernels are faster than Q4_1's (the format SmolLM2 ships in). "as-is" uses
+  the file unchanged; "f16" converts to float16.
 - Threads: "auto" adapts between one thread and all usable cores by measured throughput, so a busy machine
   (another job on one of two cores) runs at the speed of the cores it has instead of stalling on spinning threads.
 """
@@ -226,7 +229,8 @@ class LlamaEngine:
         params = llama.llama_context_default_params()
         params.n_seq_max, params.kv_unified, params.n_ctx = 1 + TEMPLATES + self.slots, True, cells
         params.n_batch = params.n_ubatch = max(512, -(-width // 256) * 256)
-        params.flash_attn_type = int(os.environ.get("FA", llama.LLAMA_FLASH_ATTN_TYPE_DISABLED))  # its CPU kernel's sums depend on the thread count
+        # flash attention is off: its CPU kernel's sums depend on the thread count, which `threads="auto"` changes
+        params.flash_attn_type = llama.LLAMA_FLASH_ATTN_TYPE_DISABLED
         params.n_threads = params.n_threads_batch = self.tuner.current
         self.ctx = llama.llama_init_from_model(self.model, params)
         if not self.ctx:
