@@ -14,12 +14,17 @@ kept share within a few points.
 `--busy` repeats each configuration with one CPU-bound process beside it (a busy loop in another process, as
 a laptop running something else), for the "no worse than half the idle rate" target.
 
+`--bon-prompts P` also draws best-of-N's policy samples — 16 per prompt for the first P held-out helpful-base
+prompts (`marsrm bon`'s split: 1,000 train pairs, seed 0), 128 new tokens at most — with each engine into a
+fresh sample cache, and gives the time for 215 prompts at that rate.
+
     HF_HUB_OFFLINE=1 .venv/bin/python bench/bench_generation.py                       # ≈ 10 min on 2 idle cores
     HF_HUB_OFFLINE=1 .venv/bin/python bench/bench_generation.py --texts 24 --engines llama.cpp --busy
 """
 from __future__ import annotations
 
 import argparse
+import json
 import multiprocessing
 import os
 import platform
@@ -61,6 +66,33 @@ def timed(paraphraser, texts, n) -> dict:
     return {"seconds": round(wall, 2), "tokens": tokens, "tokens_per_s": round(tokens / wall, 2), "outputs": outputs}
 
 
+def bon_sampling(args, specs) -> dict:
+    """Seconds and tokens/s of 16 policy samples for each of the first `--bon-prompts` held-out prompts."""
+    import tempfile
+
+    from marsrm.bon import Policy, generate_samples, held_out_prompts
+    from marsrm.pipeline import DataSettings
+
+    prompts = held_out_prompts(DataSettings(data=args.data, train_size=1000), args.bon_prompts, echo=lambda *_: None)
+    out = {}
+    for spec in specs:
+        engine, _, weights = spec.partition(":")
+        policy = Policy(args.model or "smollm2", engine=engine, **({"weights": weights} if weights else {}))
+        policy.load()
+        with tempfile.TemporaryDirectory() as directory:
+            generate_samples(prompts[:1], 2, policy, directory, seed=99, echo=lambda *_: None)  # warm-up
+        with tempfile.TemporaryDirectory() as directory:
+            wall = time.perf_counter()
+            generate_samples(prompts, 16, policy, directory, echo=lambda *_: None)
+            wall = time.perf_counter() - wall
+            tokens = sum(json.loads(line)["tokens"] for line in open(f"{directory}/samples.jsonl", encoding="utf-8"))
+        out[spec] = {"prompts": len(prompts), "samples": 16 * len(prompts), "seconds": round(wall, 1),
+                     "tokens_per_s": round(tokens / wall, 1), "minutes_for_215": round(wall / len(prompts) * 215 / 60, 1)}
+        print(f"{spec:>18}: best-of-N {16 * len(prompts)} samples in {wall:.0f} s ({tokens / wall:.1f} tok/s); "
+              f"215 prompts × 16 at this rate: {out[spec]['minutes_for_215']} min", flush=True)
+    return out
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
     parser.add_argument("--data", default="hh-rlhf/helpful-base")
@@ -69,6 +101,7 @@ def main(argv=None) -> int:
     parser.add_argument("--engines", default="transformers,llama.cpp", help="comma-separated configurations")
     parser.add_argument("--model", default=None, help="local model (default: SmolLM2-135M-Instruct GGUF)")
     parser.add_argument("--busy", action="store_true", help="also run each beside one CPU-bound process")
+    parser.add_argument("--bon-prompts", type=int, default=0, help="best-of-N: prompts × 16 samples (0 = skip)")
     parser.add_argument("--output", default="runs/bench/generation.json")
     args = parser.parse_args(argv)
 
@@ -108,6 +141,8 @@ def main(argv=None) -> int:
         print(f"{spec:>18}: {run['tokens_per_s']:7.1f} tok/s ({run['tokens']} tokens, {run['seconds']} s), kept "
               f"{run['kept_share']:.1%}" + (f"; beside a busy process {run['busy']['tokens_per_s']:.1f} tok/s"
                                              if args.busy else ""), flush=True)
+    if args.bon_prompts:
+        results["bon"] = bon_sampling(args, results["runs"].keys())
     base = results["runs"].get("transformers")
     if base:
         for spec, run in results["runs"].items():

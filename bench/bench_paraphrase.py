@@ -1,4 +1,4 @@
-"""Paraphrase throughput of the `local` backend: batched generation against one text at a time, same texts.
+"""Paraphrase throughput of the `local` backend's transformers engine: batched generation against one text at a time.
 
 Texts: the first `--texts` responses (chosen and rejected in turn) of helpful-base pairs that have 8–60 words,
 i.e. chunks as the pool builder would hand them over. Each configuration paraphrases every text `--n` times
@@ -75,7 +75,7 @@ def main(argv=None) -> int:
           f"{torch.get_num_threads()}", flush=True)
     results = {"texts": len(texts), "n": args.n, "mean_words": words / len(texts), "runs": {}}
     for dtype in [d.strip() for d in args.dtype.split(",") if d.strip()]:
-        paraphraser = LocalParaphraser(model=args.model, dtype=dtype)
+        paraphraser = LocalParaphraser(model=args.model, dtype=dtype, engine="transformers")
         paraphraser.load()
         paraphraser.paraphrase(texts[:1], 1, seed=99)  # warm-up, outside the timing
         for size in [int(b) for b in args.batch_sizes.split(",")]:

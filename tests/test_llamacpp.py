@@ -1,11 +1,6 @@
 """Tests for the llama.cpp engine (marsrm.llamacpp) and its callers: settings, the sampler, weight conversion,
 determinism of a call, and a pool build killed and resumed with the engine (SmolLM2-135M for real)."""
-import os
-import signal
-import subprocess
-import sys
 import textwrap
-import time
 from pathlib import Path
 
 import numpy as np
@@ -168,32 +163,18 @@ KILL_SCRIPT = textwrap.dedent("""
     from marsrm.pool import build_pool
     from marsrm.pool.local import LocalParaphraser
 
-    build_pool([pair(i, turns=1) for i in range(8)], LocalParaphraser(max_new_tokens=8, batch_size=4),
+    build_pool([pair(i, turns=1) for i in range(6)], LocalParaphraser(max_new_tokens=8, batch_size=4),
                sys.argv[1], n=2, label_filter=NO_COSINE, progress=False, flush_every=3, echo=lambda *_: None)
 """)
 
 
 @pytest.mark.slow
 def test_a_llama_cpp_pool_build_killed_part_way_resumes_to_the_uninterrupted_pool(tmp_path):
-    from test_pool_build import cache_lines, pool_files
+    from test_pool_build import cache_lines, kill_and_resume, pool_files
 
     script = tmp_path / "build.py"
     script.write_text(KILL_SCRIPT.format(tests=str(Path(__file__).parent)))
-    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
     whole, killed = tmp_path / "whole", tmp_path / "killed"
-    subprocess.run([sys.executable, str(script), str(whole)], check=True, env=env, timeout=300)
-    kills, shards = 0, lambda: len(list(killed.glob("cache/*/shard-*.jsonl")))
-    while kills < 2 and not (killed / "manifest.json").exists():
-        process = subprocess.Popen([sys.executable, str(script), str(killed)], env=env)
-        start = shards()
-        while shards() == start and process.poll() is None:  # killed in the call after a saved shard
-            time.sleep(0.01)
-        time.sleep(0.2)
-        if process.poll() is None:
-            process.send_signal(signal.SIGKILL)
-            kills += 1
-        process.wait(timeout=120)
-    subprocess.run([sys.executable, str(script), str(killed)], check=True, env=env, timeout=300)
-    assert kills >= 1
+    assert kill_and_resume(script, whole, killed, kills=1, pause=lambda: 0.2, timeout=300) == 1  # mid-call
     assert pool_files(killed) == pool_files(whole)
     assert cache_lines(killed) == cache_lines(whole)

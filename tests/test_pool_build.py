@@ -303,25 +303,31 @@ KILL_SCRIPT = textwrap.dedent("""
 """)
 
 
-def test_a_build_killed_at_random_points_ends_with_the_uninterrupted_pool(tmp_path):
-    script = tmp_path / "build.py"
-    script.write_text(KILL_SCRIPT.format(tests=str(Path(__file__).parent)))
+def kill_and_resume(script: Path, whole: Path, killed: Path, *, kills: int, pause, timeout: float = 120) -> int:
+    """Run `script` once into `whole`; then into `killed`, SIGKILLed `pause()` seconds after each newly saved cache
+    shard, up to `kills` times, and once more to the end. Returns how many runs were killed."""
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
-    whole, killed = tmp_path / "whole", tmp_path / "killed"
-    subprocess.run([sys.executable, str(script), str(whole)], check=True, env=env, timeout=120)
-    rng = np.random.default_rng(0)
-    kills, shards = 0, lambda: len(list(killed.glob("cache/*/shard-*.jsonl")))
-    while kills < 4 and not (killed / "manifest.json").exists():
+    subprocess.run([sys.executable, str(script), str(whole)], check=True, env=env, timeout=timeout)
+    done, shards = 0, lambda: len(list(killed.glob("cache/*/shard-*.jsonl")))
+    while done < kills and not (killed / "manifest.json").exists():
         process = subprocess.Popen([sys.executable, str(script), str(killed)], env=env)
         start = shards()
         while shards() == start and process.poll() is None:  # wait until this run has saved something
             time.sleep(0.005)
-        time.sleep(float(rng.uniform(0.0, 0.05)))  # then kill it at a random point of what follows
+        time.sleep(pause())  # then kill it at a point of what follows
         if process.poll() is None:
             process.send_signal(signal.SIGKILL)
-            kills += 1
-        process.wait(timeout=60)
-    subprocess.run([sys.executable, str(script), str(killed)], check=True, env=env, timeout=120)
-    assert kills >= 2
+            done += 1
+        process.wait(timeout=timeout)
+    subprocess.run([sys.executable, str(script), str(killed)], check=True, env=env, timeout=timeout)
+    return done
+
+
+def test_a_build_killed_at_random_points_ends_with_the_uninterrupted_pool(tmp_path):
+    script = tmp_path / "build.py"
+    script.write_text(KILL_SCRIPT.format(tests=str(Path(__file__).parent)))
+    whole, killed = tmp_path / "whole", tmp_path / "killed"
+    rng = np.random.default_rng(0)
+    assert kill_and_resume(script, whole, killed, kills=4, pause=lambda: float(rng.uniform(0.0, 0.05))) >= 2
     assert pool_files(killed) == pool_files(whole)
     assert cache_lines(killed) == cache_lines(whole)
