@@ -87,7 +87,8 @@ def bon_sampling(args, specs) -> dict:
             wall = time.perf_counter() - wall
             tokens = sum(json.loads(line)["tokens"] for line in open(f"{directory}/samples.jsonl", encoding="utf-8"))
         out[spec] = {"prompts": len(prompts), "samples": 16 * len(prompts), "seconds": round(wall, 1),
-                     "tokens_per_s": round(tokens / wall, 1), "minutes_for_215": round(wall / len(prompts) * 215 / 60, 1)}
+                     "tokens_per_s": round(tokens / wall, 1),
+                     "minutes_for_215": round(wall / len(prompts) * 215 / 60, 1)}
         print(f"{spec:>18}: best-of-N {16 * len(prompts)} samples in {wall:.0f} s ({tokens / wall:.1f} tok/s); "
               f"215 prompts × 16 at this rate: {out[spec]['minutes_for_215']} min", flush=True)
     return out

@@ -182,14 +182,6 @@ class LlamaEngine:
         self.tuner = ThreadTuner(self.thread_counts)
         self.stats = {"decode_calls": 0, "decode_seconds": 0.0, "tokens_in": 0, "tokens_out": 0}
 
-    @property
-    def batch_invariant(self) -> bool:
-        """q8_0: a row's logits do not depend on the rows decoded beside it (bit for bit, in our tests)."""
-        return self.weights == "q8_0"
-
-    def identity(self) -> dict:
-        return {"engine": "llama.cpp", "weights": self.weights}
-
     # -- the model and its context -------------------------------------------------------------------
 
     def load(self):

@@ -52,8 +52,9 @@ class LocalParaphraser(Paraphraser):
             raise PoolError(f"setting 'template': '{template}' (choose {', '.join(TEMPLATES)})")
         if decoding not in DECODINGS:
             raise PoolError(f"setting 'decoding': '{decoding}' (choose {', '.join(DECODINGS)})")
-        for name, value, low in (("batch_size", 1 if batch_size is None else batch_size, 1), ("max_new_tokens", max_new_tokens, 1),
-                                 ("num_beams", num_beams, 1), ("top_k", top_k, 1)):
+        checked = (("batch_size", 1 if batch_size is None else batch_size, 1), ("max_new_tokens", max_new_tokens, 1),
+                   ("num_beams", num_beams, 1), ("top_k", top_k, 1))
+        for name, value, low in checked:
             if value < low:
                 raise PoolError(f"setting '{name}': must be at least {low} (got {value})")
         if not 0.0 < top_p <= 1.0:
@@ -144,8 +145,9 @@ class LocalParaphraser(Paraphraser):
         return f"{SYSTEM}\n\n{instruction}\n\nAnswer:"
 
     def _prefix(self, kind: str):
-        """(prefix text, its token ids (1, L), their KV cache) for the prompt text every task of `kind` starts with — the
-        system line, the worked examples, the instruction — computed once. None for seq2seq models."""
+        """(prefix text, its token ids (1, L), their KV cache; None with llama.cpp) for the prompt text every task
+        of `kind` starts with — the system line, the worked examples, the instruction — computed once. None for
+        seq2seq models."""
         if self.seq2seq:
             return None
         if kind not in self._prefixes:
