@@ -256,6 +256,12 @@ class Policy:
             return self.tokenizer(text, add_special_tokens=False)["input_ids"]
         return self.tokenizer(to_hh_text(messages).lstrip("\n") + "\n\nAssistant:")["input_ids"]
 
+    def close(self) -> None:
+        """Free the engine's model and cache (llama.cpp); the policy loads again when sampled from."""
+        if self.engine is not None:
+            self.engine.close()
+            self.tokenizer = None
+
     def sample(self, rows: list[list[int]], seeds: list[int]) -> list[dict]:
         """One sampled response per row of prompt ids: {"text", "tokens", "finished"} (finished: ended by EOS)."""
         from marsrm.lm import generate

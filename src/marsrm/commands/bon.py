@@ -136,6 +136,7 @@ def bon(config: BonConfig, echo=print) -> dict:
                     threads=parse_threads(config.threads))
     samples = generate_samples(prompts, ns[-1], policy, config.samples or out / "samples", seed=config.sample_seed,
                                echo=echo, progress=config.progress)
+    policy.close()  # the samples are cached; the reward models need the memory
     result = best_of_n(samples, models, gold, ns, normalize_gold=config.normalize_gold,
                        n_resamples=config.n_resamples, seed=config.seed, batch_size=config.score_batch_size)
     result.update({"models": {name: paths[0] if len(paths) == 1 else paths for name, paths in named.items()},
