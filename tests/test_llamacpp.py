@@ -1,5 +1,6 @@
 """Tests for the llama.cpp engine (marsrm.llamacpp) and its callers: settings, the sampler, weight conversion,
 determinism of a call, and a pool build killed and resumed with the engine (SmolLM2-135M for real)."""
+import importlib.util
 import textwrap
 from pathlib import Path
 
@@ -11,7 +12,8 @@ from marsrm.lm import LMError, choose_engine, smollm2_path
 from marsrm.pool.local import LocalParaphraser
 from marsrm.pool.paraphrase import PoolError
 
-pytest.importorskip("llama_cpp")
+# checked without importing llama_cpp, so collecting this file loads no native library into the test process
+pytestmark = pytest.mark.skipif(importlib.util.find_spec("llama_cpp") is None, reason="llama-cpp-python missing")
 
 
 # --- settings ----------------------------------------------------------------------------------------------
