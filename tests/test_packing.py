@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from marsrm.learners import FullLearner, token_examples
-from marsrm.packing import PairTokens, pack, pack_rows, split_pair, supports_packing, truncate_pair
+from marsrm.packing import PairTokens, pack, pack_rows, row_width, split_pair, supports_packing, truncate_pair
 from marsrm.train import OptimSettings, PackedExamples, TokenExamples, bradley_terry_loss
 from test_decoder import full_model, random_pairs, tiny_llama
 
@@ -37,6 +37,25 @@ def test_rows_are_first_fit_longest_first_within_the_budget():
     rows = pack_rows([5, 3, 4, 2, 9], budget=8)
     assert rows == [[4], [0, 1], [2, 3]]
     assert sorted(i for row in rows for i in row) == [0, 1, 2, 3, 4]
+
+
+def slots(lengths, width):
+    rows = pack_rows(lengths, width)
+    return len(rows) * max(sum(lengths[i] for i in row) for row in rows)
+
+
+def test_row_width_packs_a_batch_into_fewer_token_slots_than_the_full_budget():
+    # At the full budget first fit puts the 100 beside the 400 (rows of 500 and 300, both computed 500 wide:
+    # 1,000 slots); at width 400 it joins the 300 (two rows of 400: 800 slots).
+    assert slots([400, 300, 100], 512) == 1000
+    assert row_width([400, 300, 100], budget=512) == 400 and slots([400, 300, 100], 400) == 800
+    assert row_width([600, 100], budget=512) == 600  # a segment longer than the budget sets the floor
+    rng = np.random.default_rng(0)
+    for _ in range(200):
+        lengths = [int(n) for n in rng.integers(20, 700, size=int(rng.integers(1, 17)))]
+        width = row_width(lengths, budget=512)
+        assert max(lengths) <= width <= max(512, max(lengths))
+        assert slots(lengths, width) <= slots(lengths, max(512, max(lengths)))
 
 
 def test_pack_mask_positions_and_reward_positions():

@@ -111,6 +111,25 @@ def pack_rows(lengths, budget: int) -> list[list[int]]:
     return rows
 
 
+def row_width(lengths, budget: int) -> int:
+    """The row width at most `budget` (or the longest segment, when longer) that packs into the fewest token slots.
+
+    First fit at the full budget can leave rows half empty when segments are long (two of 300 tokens do not
+    share a row of 512): every row of a batch is as wide as its widest, so the cost is rows × width. This tries
+    widths from the longest segment up to the budget and keeps the one with the smallest rows × width (ties:
+    the narrower, which also costs fewer attention slots).
+    """
+    longest = max(lengths)
+    top = max(budget, longest)
+    best = None
+    for width in np.unique(np.linspace(longest, top, 17).astype(int)):
+        rows = pack_rows(lengths, int(width))
+        used = max(sum(lengths[i] for i in row) for row in rows)
+        if best is None or len(rows) * used < best[0]:
+            best = (len(rows) * used, int(width))
+    return best[1]
+
+
 def pack(pairs: list[PairTokens], budget: int, pad_id: int) -> dict:
     """Pack pairs into rows of at most `budget` tokens (or one segment, when longer); tensors for the model.
 

@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from marsrm.config import ConfigError
-from marsrm.packing import PairTokens, last_token_rewards, pack, packed_rewards
+from marsrm.packing import PairTokens, last_token_rewards, pack, packed_rewards, row_width
 from marsrm.runtime import resolve_dtype
 
 
@@ -139,7 +139,8 @@ class TokenExamples:
 class PackedExamples:
     """Pairs as shared-prompt segments (causal backbones): a batch's pairs packed into rows (`marsrm.packing`).
 
-    Rows hold segments up to `budget` tokens, or the batch's longest segment when that is longer. `lengths`
+    Rows hold segments up to `budget` tokens (or the batch's longest segment, when longer), at the width that
+    packs the batch into the fewest token slots (`marsrm.packing.row_width`). `lengths`
     are the plain path's (prompt + longer response), so both paths draw the same batches for the same seed.
     """
 
@@ -155,7 +156,7 @@ class PackedExamples:
 
     def collate(self, index: np.ndarray) -> dict:
         segments = [self.pairs[i] for i in index]
-        batch = pack(segments, max(self.budget, max(len(s) for s in segments)), self.pad_id)
+        batch = pack(segments, row_width([len(s) for s in segments], self.budget), self.pad_id)
         _add_pair_columns(batch, self, torch.as_tensor(index))
         return batch
 
