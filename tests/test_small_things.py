@@ -83,6 +83,17 @@ def test_fewer_than_three_seeds_are_warned_about_in_the_summary_and_the_report(t
     assert "warning" not in report.format_summary(summary)
 
 
+
+def test_the_printed_summary_shows_the_length_rule_beside_the_strategies_when_it_was_measured(tmp_path):
+    summary = summarise(_config(tmp_path, seeds=3), _fake_runs(tmp_path))
+    for entry in summary["strategies"].values():
+        entry["length_baseline_accuracy"] = None
+    assert "longer response wins" not in report.format_summary(summary)
+    for entry in summary["strategies"].values():
+        entry["length_baseline_accuracy"] = 0.57766
+    line = report.format_summary(summary).splitlines()[-1]
+    assert line.startswith("(longer response wins)") and "0.5777" in line
+
 # --- TensorBoard ---------------------------------------------------------------------------------------
 
 

@@ -27,6 +27,7 @@ from marsrm.runtime import (backbone_identity, check_no_pickle, default_device, 
                             resolve_backbone, resolve_dtype)
 
 POOLINGS = ("mean", "cls", "last")
+TOKENIZE_CHUNK = 1024  # texts tokenised at once by `Encoder.encode`
 
 
 def cache_root() -> Path:
@@ -192,14 +193,18 @@ class Encoder:
             raise ValueError(f"batch_size {batch_size}: must be at least 1")
         if not texts:
             return np.zeros((0, self.dim), np.float32)
-        encoded = self.tokenizer(texts, truncation=True, max_length=self.max_length)["input_ids"]
+        # tokenised a chunk at a time and kept as int32 arrays: a fast tokenizer's output for tens of thousands of
+        # texts at once (Python int lists, plus its per-text offsets and token strings) runs to hundreds of MB
+        encoded = [np.asarray(ids, dtype=np.int32) for start in range(0, len(texts), TOKENIZE_CHUNK)
+                   for ids in self.tokenizer(texts[start:start + TOKENIZE_CHUNK], truncation=True,
+                                             max_length=self.max_length)["input_ids"]]
         order = np.argsort([len(ids) for ids in encoded], kind="stable")
         out = np.full((len(texts), self.dim), np.nan, dtype=np.float32)  # a row left unwritten cannot pass as a vector
         autocast = (torch.autocast(self.device.type, dtype=torch.bfloat16) if self.dtype == "bf16" else nullcontext())
         bar = tqdm(total=len(texts), desc="embedding", unit="text", disable=not progress, dynamic_ncols=True)
         for start in range(0, len(texts), batch_size):
             index = order[start:start + batch_size]
-            batch = self.tokenizer.pad({"input_ids": [encoded[i] for i in index]}, return_tensors="pt")
+            batch = self.tokenizer.pad({"input_ids": [encoded[i].tolist() for i in index]}, return_tensors="pt")
             batch = {k: v.to(self.device) for k, v in batch.items()}
             with autocast:
                 hidden = self.model(**batch).last_hidden_state

@@ -185,6 +185,10 @@ def format_summary(summary: dict) -> str:
             interval = f"[{diff['low']:+.4f}, {diff['high']:+.4f}]"
             line += f"{diff['value']:>+20.4f}{interval:>22}{entry['vs_baseline']['seeds_won']:>11.2f}"
         lines.append(line)
+    length = next(iter(summary["strategies"].values())).get("length_baseline_accuracy")
+    if length is not None:
+        lines.append(f"{'(longer response wins)':<24}{length:.4f}  on the same held-out pairs: a model at or below "
+                     "it has mostly learned length")
     warning = few_seeds_warning(summary)
     return "\n".join(lines + ([warning] if warning else []))
 
