@@ -171,6 +171,11 @@ def few_seeds_warning(summary: dict) -> str | None:
             f"use --seeds {RELIABLE_SEEDS} or more")
 
 
+def length_rule_accuracy(summary: dict) -> float | None:
+    """The "longer response wins" accuracy on the comparison's held-out pairs (the same for every strategy)."""
+    return next(iter(summary["strategies"].values())).get("length_baseline_accuracy")
+
+
 def format_summary(summary: dict) -> str:
     """The plain-text table of a comparison's summary: accuracy over seeds and the paired difference per strategy."""
     lines = [f"held-out pairs: {summary['eval_pairs']} · seeds: {summary['seeds']} · "
@@ -185,7 +190,7 @@ def format_summary(summary: dict) -> str:
             interval = f"[{diff['low']:+.4f}, {diff['high']:+.4f}]"
             line += f"{diff['value']:>+20.4f}{interval:>22}{entry['vs_baseline']['seeds_won']:>11.2f}"
         lines.append(line)
-    length = next(iter(summary["strategies"].values())).get("length_baseline_accuracy")
+    length = length_rule_accuracy(summary)
     if length is not None:
         lines.append(f"{'(longer response wins)':<24}{length:.4f}  on the same held-out pairs: a model at or below "
                      "it has mostly learned length")
@@ -220,7 +225,7 @@ def write_report(config, summary: dict, runs: dict) -> Path:
         val = cell(entry["val_accuracy"]) if "val_accuracy" in entry else "—"
         lines.append(f"| {strategy} | {cell(entry['accuracy'])} | {cell(entry['auc'])} | "
                      f"{cell(entry['mean_margin'])} | {cell(entry['margin_snr'])} | {cell(entry['ece'])} | {val} |")
-    length = next(iter(summary["strategies"].values())).get("length_baseline_accuracy")
+    length = length_rule_accuracy(summary)
     if length is not None:
         lines += ["", f"“Longer response wins” on the same held-out pairs: accuracy {length:.4f}."]
     lines += ["", f"## Paired against `{baseline}` on the same held-out pairs", "",
