@@ -8,8 +8,10 @@ kept share within a few points.
 
   transformers   today's `local` backend: static batches of 16 rows, its default dtype (bf16 where the CPU
                  has native bf16, else fp32)
-  llama.cpp      continuous batching through llama-cpp-python, 32 slots, weights converted to Q8_0 (default)
-  llama.cpp:W    the same with weights W (f16, as-is)
+  llama.cpp      continuous batching through llama-cpp-python, 32 slots, weights converted to Q8_0, a KV cache
+                 of its own per row (the default)
+  llama.cpp:X    the same with weights X (f16, as-is) or the cache layout X (shared: one cache for all rows, the
+                 previous default); several as llama.cpp:as-is:shared
 
 `--busy` repeats each configuration with one CPU-bound process beside it (a busy loop in another process, as
 a laptop running something else), for the "no worse than half the idle rate" target.
@@ -51,19 +53,48 @@ def _spin(stop) -> None:
         sum(i * i for i in range(10_000))
 
 
+def engine_options(spec: str) -> dict:
+    """{"engine": …, "weights": …, "kv_cache": …} of a configuration such as "llama.cpp:as-is:shared"."""
+    from marsrm.llamacpp import CACHES, WEIGHTS
+
+    engine, *options = spec.split(":")
+    out = {"engine": engine}
+    for option in options:
+        if option not in WEIGHTS + CACHES:
+            raise SystemExit(f"--engines: '{option}' in '{spec}' is neither weights ({', '.join(WEIGHTS)}) nor a "
+                             f"cache layout ({', '.join(CACHES)})")
+        out["weights" if option in WEIGHTS else "kv_cache"] = option
+    return out
+
+
 def build(spec: str, model: str | None):
     from marsrm.pool.local import LocalParaphraser
 
-    engine, _, weights = spec.partition(":")
-    return LocalParaphraser(model=model, engine=engine, **({"weights": weights} if weights else {}))
+    return LocalParaphraser(model=model, **engine_options(spec))
 
 
 def timed(paraphraser, texts, n) -> dict:
+    engine = getattr(paraphraser, "engine", None)
+    stats0 = dict(engine.stats) if engine is not None else None
     tokens0, wall = paraphraser.tokens, time.perf_counter()
     outputs = paraphraser.paraphrase(texts, n, seed=0)
     wall = time.perf_counter() - wall
     tokens = paraphraser.tokens - tokens0
-    return {"seconds": round(wall, 2), "tokens": tokens, "tokens_per_s": round(tokens / wall, 2), "outputs": outputs}
+    out = {"seconds": round(wall, 2), "tokens": tokens, "tokens_per_s": round(tokens / wall, 2), "outputs": outputs}
+    if stats0 is not None:  # llama.cpp: where the time went
+        d = {k: engine.stats[k] - stats0[k] for k in stats0}
+        steps = max(d["step_calls"], 1)
+        out["engine"] = {
+            "decode_seconds": round(d["decode_seconds"], 2),
+            "steps": d["step_calls"], "step_seconds": round(d["step_seconds"], 2),
+            "mean_rows_per_step": round(d["step_tokens"] / steps, 1),
+            "ms_per_step": round(1000 * d["step_seconds"] / steps, 1),
+            "fill_calls": d["decode_calls"] - d["step_calls"],
+            "fill_tokens": d["tokens_in"] - d["step_tokens"],
+            "fill_seconds": round(d["decode_seconds"] - d["step_seconds"], 2),
+            "outside_decode_seconds": round(wall - d["decode_seconds"], 2),  # Python: sampling, bookkeeping
+            "moves": d["moves"]}
+    return out
 
 
 def bon_sampling(args, specs) -> dict:
@@ -76,8 +107,7 @@ def bon_sampling(args, specs) -> dict:
     prompts = held_out_prompts(DataSettings(data=args.data, train_size=1000), args.bon_prompts, echo=lambda *_: None)
     out = {}
     for spec in specs:
-        engine, _, weights = spec.partition(":")
-        policy = Policy(args.model or "smollm2", engine=engine, **({"weights": weights} if weights else {}))
+        policy = Policy(args.model or "smollm2", **engine_options(spec))
         policy.load()
         with tempfile.TemporaryDirectory() as directory:
             generate_samples(prompts[:1], 2, policy, directory, seed=99, echo=lambda *_: None)  # warm-up

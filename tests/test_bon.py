@@ -319,6 +319,22 @@ def test_policy_rows_do_not_depend_on_their_batch(policy):
     assert other_seed != together[0]["text"]
 
 
+@pytest.mark.slow
+def test_llama_cpp_samples_extended_from_a_smaller_n_are_those_a_fresh_run_draws(tmp_path):
+    pytest.importorskip("llama_cpp")
+    from marsrm.bon import Policy
+
+    prompts = [(f"p{i}", ({"role": "user", "content": q},))
+               for i, q in enumerate(("Name a fruit.", "How do I boil an egg?", "Say hello in French."))]
+    policy = Policy("smollm2", batch_size=4, engine="llama.cpp", **SETTINGS)  # per-row cache, the default
+    generate_samples(prompts, 2, policy, tmp_path / "extended", seed=3, echo=lambda *_: None)
+    extended = generate_samples(prompts, 3, policy, tmp_path / "extended", seed=3, echo=lambda *_: None)
+    fresh = generate_samples(prompts, 3, policy, tmp_path / "fresh", seed=3, echo=lambda *_: None)
+    assert extended.texts == fresh.texts  # the rows called beside a sample do not change it
+    assert len({text for row in fresh.texts for text in row}) > 3
+    policy.close()
+
+
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
     """A trained head-mode model `a`, its reverse `b`, and gold models beside run configs (three kinds)."""

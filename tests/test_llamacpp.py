@@ -60,7 +60,10 @@ def test_the_engine_is_part_of_the_paraphrasers_identity():
     assert llama.settings()["engine"] == "llama.cpp" and llama.settings()["weights"] == "q8_0"
     assert "engine" not in hf.settings()  # transformers' settings are those caches were keyed by before engines
     assert LocalParaphraser(weights="f16").settings() != llama.settings()
+    assert LocalParaphraser(kv_cache="shared").settings() != llama.settings()
     assert LocalParaphraser(batch_size=8, threads=1).settings() == llama.settings()
+    # a text's outputs do not depend on its batch with the per-row cache, so a stopped build keeps finished texts
+    assert llama.batch_invariant and not LocalParaphraser(kv_cache="shared").batch_invariant
 
 
 def test_augment_refuses_a_bad_thread_count_naming_it():
@@ -127,17 +130,18 @@ def engine_rows():
 
 
 @pytest.mark.slow
-def test_a_call_gives_the_same_samples_whatever_came_before_and_whatever_the_thread_count(engine_rows):
+@pytest.mark.parametrize("cache", ["per-row", "shared"])
+def test_a_call_gives_the_same_samples_whatever_came_before_and_whatever_the_thread_count(engine_rows, cache):
     prefix, rows, seeds = engine_rows
     options = dict(seeds=seeds, budgets=[10] * len(rows), prefix=prefix, temperature=0.8, top_k=50, top_p=0.95,
                    no_repeat_ngram_size=3)
-    engine = LlamaEngine(smollm2_path(), slots=4, threads=2)
+    engine = LlamaEngine(smollm2_path(), slots=4, threads=2, cache=cache)
     first = engine.generate(rows, **options)
     engine.generate(rows[::-1], **{**options, "seeds": seeds[::-1]})  # another call in between
     assert engine.generate(rows, **options) == first
     assert len({tuple(tokens) for tokens, _ in first}) > 3  # seeds differ, so do samples of the same prompt
     assert all(0 < len(tokens) <= 10 for tokens, _ in first)
-    one = LlamaEngine(smollm2_path(), slots=4, threads=1)
+    one = LlamaEngine(smollm2_path(), slots=4, threads=1, cache=cache)
     assert one.generate(rows, **options) == first
     done = []
     one.generate(rows, **options, on_done=lambda i, tokens, ended: done.append(i))
@@ -147,6 +151,34 @@ def test_a_call_gives_the_same_samples_whatever_came_before_and_whatever_the_thr
     assert one.stats["tokens_in"] < 2 * (len(prefix) + sum(len(r) for r in set(map(tuple, rows)))) + 10 * steps
     one.close()
     engine.close()
+
+
+@pytest.mark.slow
+def test_with_the_per_row_cache_a_rows_sample_does_not_depend_on_the_rows_decoded_beside_it(engine_rows):
+    prefix, rows, seeds = engine_rows
+    rows, seeds = rows + rows[:4], seeds + [7, 8, 9, 10]  # more rows than slots: slots refill, rows move down
+    options = dict(prefix=prefix, temperature=0.8, top_k=50, top_p=0.95, no_repeat_ngram_size=3)
+    budgets = [4 + 3 * (i % 4) for i in range(len(rows))]  # rows end at different steps and leave gaps
+    engine = LlamaEngine(smollm2_path(), slots=4, threads=2)
+    together = engine.generate(rows, seeds=seeds, budgets=budgets, **options)
+    assert engine.stats["moves"] > 0  # the packing of the slots was exercised
+    for i in range(len(rows)):
+        assert engine.generate([rows[i]], seeds=[seeds[i]], budgets=[budgets[i]], **options) == [together[i]]
+    engine.close()
+    # full-size steps: 36 rows decoded together, more than the default 32 slots
+    wide = LlamaEngine(smollm2_path(), slots=36, threads=2)
+    many, many_seeds = rows * 3, list(range(200, 200 + 3 * len(rows)))
+    together = wide.generate(many, seeds=many_seeds, budgets=[3] * len(many), **options)
+    for i in (0, 17, 35):
+        assert wide.generate([many[i]], seeds=[many_seeds[i]], budgets=[3], **options) == [together[i]]
+    wide.close()
+
+
+def test_an_unknown_cache_layout_is_refused_naming_the_setting():
+    with pytest.raises(EngineError, match="setting 'cache'"):
+        LlamaEngine(smollm2_path(), cache="paged")
+    with pytest.raises(PoolError, match="setting 'cache'"):
+        LocalParaphraser(kv_cache="paged")
 
 
 @pytest.mark.slow

@@ -176,8 +176,8 @@ class Policy:
 
     Prompts are rendered with the tokenizer's chat template (HH format when it has none). Sampling is
     Gumbel-max over the top-k/top-p candidates at `temperature`, one random stream per row. Engines (`engine`,
-    see `marsrm.lm.choose_engine`): llama.cpp for a GGUF policy on the CPU (continuous batching; a call's samples
-    are the same for the same call, and may differ by round-off with the rows called beside them), else
+    see `marsrm.lm.choose_engine`): llama.cpp for a GGUF policy on the CPU (continuous batching; with its per-row
+    cache a row's sample depends on its prompt and seed alone, not on the rows called beside it), else
     transformers (`marsrm.lm.SeededSampler`; in fp32 a row's sample does not depend on the rows batched with it).
     `rows_per_call` rows go to each call, whose samples are cached together.
     """
@@ -186,7 +186,7 @@ class Policy:
                  top_k: int = 50, max_new_tokens: int = 128, max_prompt_tokens: int = 512,
                  batch_size: int | None = None, dtype: str = "auto", device: str | None = None,
                  trust_remote_code: bool = False, engine: str = "auto", weights: str = "q8_0",
-                 threads: str | int = "auto"):
+                 threads: str | int = "auto", kv_cache: str = "per-row"):
         from marsrm.lm import choose_engine, resolve_model
         from marsrm.runtime import default_device, resolve_dtype
 
@@ -202,7 +202,7 @@ class Policy:
             from marsrm.llamacpp import DEFAULT_SLOTS, LlamaEngine
 
             self.engine = LlamaEngine(Path(self.location) / self.gguf_file, weights=weights,
-                                      slots=batch_size or DEFAULT_SLOTS, threads=threads)
+                                      slots=batch_size or DEFAULT_SLOTS, threads=threads, cache=kv_cache)
             self.batch_size = batch_size or DEFAULT_SLOTS
             self.rows_per_call = 8 * self.batch_size  # the slots refill from these; a kill loses one call at most
         else:
@@ -213,7 +213,8 @@ class Policy:
         """Everything that decides the samples; stored beside the cache, which refuses other settings."""
         from marsrm.lm import model_identity
 
-        compute = ({"engine": "llama.cpp", "weights": self.engine.weights} if self.engine is not None
+        compute = ({"engine": "llama.cpp", "weights": self.engine.weights, "cache": self.engine.cache}
+                   if self.engine is not None
                    else {"dtype": self.dtype_name})  # transformers: as before engines existed (caches stay valid)
         return {"model": model_identity(self.location, self.gguf_file), **compute,
                 "temperature": self.temperature, "top_p": self.top_p, "top_k": self.top_k,

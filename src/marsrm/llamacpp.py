@@ -3,20 +3,27 @@
 `marsrm.lm.choose_engine` picks it for GGUF models on the CPU (`engine="auto"`); the `local` paraphraser, semantic
 refinement and best-of-N sampling all reach it through `LlamaEngine.generate`.
 
-- KV cache: one cache shared by all sequences (llama.cpp's unified cache), where a copied sequence shares its
-  source's cells. Stream 0 holds the shared prefix (the paraphrase prompt's system line, worked examples and
-  instruction), computed once per call; a *template* stream holds one distinct prompt (prefix + row), computed
-  once for all of its samples (the n paraphrases of a text, the N best-of-N samples of a prompt); the *slot*
-  streams decode, each starting as a copy of its template. The cache holds what can be live at once and no
-  more, because every decode step's attention spans all of it (the cost that limits this engine, measured in
-  bench/README.md).
+- KV cache (`cache`): "per-row" (default) gives every stream its own cells (llama.cpp's non-unified cache), so a
+  decode step's attention spans each row's own prefix, prompt and tokens and nothing else; a copy between streams
+  copies the cells. "shared" keeps one cache for all streams (llama.cpp's unified cache), where a copy shares its
+  source's cells, so the prefix and each prompt are stored once but every query attends over every cell in use —
+  the cost that held this engine at ×1.8–2.2 the transformers engine (bench/README.md). Either way, stream 0
+  holds the shared prefix (the paraphrase prompt's system line, worked examples and instruction), computed once
+  per call; a *template* stream holds one distinct prompt (prefix + row), computed once for all of its samples
+  (the n paraphrases of a text, the N best-of-N samples of a prompt); the *slot* streams decode, each starting as
+  a copy of its template. llama.cpp decodes the per-row streams of one call together only when their ids run
+  without a gap, so the engine keeps the decoding slots packed at the lowest stream ids (a row whose slot ends
+  below others moves down, its cells copied bitwise).
 - Continuous batching: each `llama_decode` call carries the next token of every decoding slot; a row that ends
   frees its slot and the next row takes it at once, its template's prompt decoded in a call of its own.
 - Sampling: Gumbel-max over the top-k/top-p candidates at temperature T, one numpy PCG64 stream per row seeded by
   the row's seed, `top_k` uniforms a step: a row's tokens depend on its seed and its logits only.
 - Determinism: a call starts from an empty cache and schedules its rows in a fixed order, so the same call gives
-  the same tokens, whatever ran before it and whatever the thread count (tests/test_llamacpp.py); a row's
-  logits may differ by round-off with the rows called beside it, so callers keep whole calls on resume.
+  the same tokens, whatever ran before it and whatever the thread count (tests/test_llamacpp.py). With the
+  per-row cache a row's logits are bitwise the same alone or beside any other rows (each stream's attention is
+  its own, and the weights' kernels compute each row on its own), so a row's tokens depend on its prompt, seed
+  and budget only, and callers may keep each finished row on resume. With the shared cache they may differ with
+  the rows decoded beside it (measured: up to 1.1 in a logit), so callers keep whole calls.
 - Weights: "q8_0" (default) converts the model's GGUF file once with llama.cpp's own quantizer (cached under
   $MARSRM_CACHE/gguf); its batched kernels are faster than Q4_1's (the format SmolLM2 ships in). "as-is" uses
   the file unchanged; "f16" converts to float16.
@@ -40,6 +47,7 @@ from marsrm.config import ConfigError
 from marsrm.features import cache_root
 
 WEIGHTS = ("q8_0", "f16", "as-is")
+CACHES = ("per-row", "shared")
 DEFAULT_SLOTS = 32
 TEMPLATES = 8  # prompts computed ahead of the slots that will copy them
 _LOCK = threading.Lock()
@@ -168,19 +176,24 @@ class LlamaEngine:
     """Seeded sampling from a GGUF model with continuous batching (see the module docstring)."""
 
     def __init__(self, path: str | os.PathLike, *, weights: str = "q8_0", slots: int = DEFAULT_SLOTS,
-                 threads: str | int = "auto"):
+                 threads: str | int = "auto", cache: str = "per-row"):
         if weights not in WEIGHTS:
             raise EngineError(f"setting 'weights': '{weights}' (choose {', '.join(WEIGHTS)})")
+        if cache not in CACHES:
+            raise EngineError(f"setting 'cache': '{cache}' (choose {', '.join(CACHES)})")
         if slots < 1:
             raise EngineError(f"setting 'batch_size': must be at least 1 (got {slots})")
         threads = parse_threads(threads)
         cores = max(1, len(os.sched_getaffinity(0)))
         self.thread_counts = sorted({1, cores}) if threads == "auto" else [threads]
-        self.source, self.weights, self.slots = Path(path), weights, slots
+        self.source, self.weights, self.slots, self.cache = Path(path), weights, slots, cache
         self.model = self.ctx = self.batch = None
         self.cells = self.n_batch = 0
         self.tuner = ThreadTuner(self.thread_counts)
-        self.stats = {"decode_calls": 0, "decode_seconds": 0.0, "tokens_in": 0, "tokens_out": 0}
+        # decode calls, their seconds and tokens; "step_*" of them the calls that decode one token per slot (the rest
+        # fill the prefix and the prompts); "moves": rows moved down a slot (per-row cache)
+        self.stats = {"decode_calls": 0, "decode_seconds": 0.0, "tokens_in": 0, "tokens_out": 0, "step_calls": 0,
+                      "step_seconds": 0.0, "step_tokens": 0, "moves": 0}
 
     # -- the model and its context -------------------------------------------------------------------
 
@@ -202,10 +215,9 @@ class LlamaEngine:
         and up to `budget` new tokens, `prompts` of them in the cache at once (made anew, larger, when a call needs
         more than the current one holds).
 
-        One KV cache shared by all streams (llama.cpp's unified cache): a copied stream shares its source's cells,
-        so the prefix and each prompt are stored once. Its size is what can be in use at once — the prefix, the
-        live prompts (a slot keeps its prompt's cells alive), a budget per slot — and no more, since the attention
-        of every decode step spans the cache.
+        Per-row cache: every stream holds a row's worth of cells (prefix, prompt, budget). Shared cache: one cache
+        whose size is what can be in use at once — the prefix, the live prompts (a slot keeps its prompt's cells
+        alive), a budget per slot — and no more, since the attention of every decode step spans it.
         """
         llama = _llama()
         self.load()
@@ -213,20 +225,25 @@ class LlamaEngine:
         if need > self.n_train:
             raise EngineError(f"a prompt plus its token budget needs {need} tokens; the model's context is "
                               f"{self.n_train} (shorten the prompt, or lower max_new_tokens)")
-        cells = -(-(prefix + prompts * longest + self.slots * (budget + 1)) // 256) * 256
+        streams = 1 + TEMPLATES + self.slots
+        if self.cache == "per-row":
+            cells = -(-need // 256) * 256  # per stream
+        else:
+            cells = -(-(prefix + prompts * longest + self.slots * (budget + 1)) // 256) * 256
         width = max(prefix, longest, self.slots)
         if self.ctx is not None and self.cells >= cells and self.n_batch >= width:
             return
         self.close_context()
         params = llama.llama_context_default_params()
-        params.n_seq_max, params.kv_unified, params.n_ctx = 1 + TEMPLATES + self.slots, True, cells
+        params.n_seq_max, params.kv_unified = streams, self.cache == "shared"
+        params.n_ctx = cells * (streams if self.cache == "per-row" else 1)
         params.n_batch = params.n_ubatch = max(512, -(-width // 256) * 256)
         # flash attention is off: its CPU kernel's sums depend on the thread count, which `threads="auto"` changes
         params.flash_attn_type = llama.LLAMA_FLASH_ATTN_TYPE_DISABLED
         params.n_threads = params.n_threads_batch = self.tuner.current
         self.ctx = llama.llama_init_from_model(self.model, params)
         if not self.ctx:
-            raise EngineError(f"llama.cpp could not make a context of {cells} cells")
+            raise EngineError(f"llama.cpp could not make a context of {params.n_ctx} cells")
         self.memory = llama.llama_get_memory(self.ctx)
         self.batch = llama.llama_batch_init(params.n_batch, 0, 1)
         self.n_batch, self.cells = params.n_batch, cells
@@ -277,7 +294,7 @@ class LlamaEngine:
         alive: set[int] = set()  # ids of the templates whose prompt cells are in use
         waiting = deque(groups.values())
         free_templates = list(range(TEMPLATES, 0, -1))
-        free_slots = list(range(TEMPLATES + self.slots, TEMPLATES, -1))
+        free_slots = list(range(TEMPLATES + 1, TEMPLATES + self.slots + 1))  # the lowest free one is taken first
         filling: dict[int, _Template] = {}  # template stream → template (decoded, rows still to start)
         active: dict[int, _Row] = {}  # slot stream → row
         out: list[tuple[list[int], bool] | None] = [None] * len(rows)
@@ -315,7 +332,8 @@ class LlamaEngine:
             starting = []
             for stream, template in list(filling.items()):
                 while template.rows and free_slots:
-                    slot, index = free_slots.pop(), template.rows.popleft()
+                    slot, index = min(free_slots), template.rows.popleft()
+                    free_slots.remove(slot)
                     llama.llama_memory_seq_rm(self.memory, slot, -1, -1)
                     llama.llama_memory_seq_cp(self.memory, stream, slot, -1, -1)
                     active[slot] = _Row(index, budgets[index], np.random.Generator(np.random.PCG64(int(seeds[index]))),
@@ -332,14 +350,32 @@ class LlamaEngine:
                 tokens = sampler.choose(np.stack([logits for _, logits in starting]), [active[s] for s, _ in starting])
                 for (slot, _), token in zip(starting, tokens, strict=True):
                     self._advance(slot, active, token, finish)
-            # 3. one decode call: the next token of every decoding slot
+            # 3. one decode call: the next token of every decoding slot, in stream order
             if active:
-                decoding = list(active.items())
-                outputs = self._decode([(row.tokens[-1], row.position - 1, slot, True) for slot, row in decoding])
+                if self.cache == "per-row":
+                    self._pack(active, free_slots)
+                decoding = sorted(active.items())
+                outputs = self._decode([(row.tokens[-1], row.position - 1, slot, True) for slot, row in decoding],
+                                       step=True)
                 tokens = sampler.choose(np.stack([outputs[slot] for slot, _ in decoding]), [r for _, r in decoding])
                 for (slot, _), token in zip(decoding, tokens, strict=True):
                     self._advance(slot, active, token, finish)
         return out
+
+    def _pack(self, active: dict, free_slots: list[int]) -> None:
+        """Move the highest decoding rows down into the free slots below them, so that the decoding streams' ids
+        run without a gap (llama.cpp splits a per-row batch at every gap, one pass over the weights per piece).
+        A row's cells are copied bitwise, so where it decodes does not change its tokens."""
+        llama = _llama()
+        while free_slots and min(free_slots) < max(active):
+            low, high = min(free_slots), max(active)
+            llama.llama_memory_seq_rm(self.memory, low, -1, -1)
+            llama.llama_memory_seq_cp(self.memory, high, low, -1, -1)  # copied before the next decode runs
+            llama.llama_memory_seq_rm(self.memory, high, -1, -1)
+            active[low] = active.pop(high)
+            free_slots.remove(low)
+            free_slots.append(high)
+            self.stats["moves"] += 1
 
     def _advance(self, slot: int, active: dict, token: int, finish) -> None:
         """Append a sampled token to the row in `slot`, ending the row at an end token or at its budget."""
@@ -354,7 +390,7 @@ class LlamaEngine:
             del active[slot]
             finish(slot, row, False)
 
-    def _decode(self, entries: list[tuple[int, int, int, bool]]) -> dict[int, np.ndarray]:
+    def _decode(self, entries: list[tuple[int, int, int, bool]], step: bool = False) -> dict[int, np.ndarray]:
         """One llama_decode call over (token, position, stream, wants logits) entries; {stream: logits copy}."""
         llama = _llama()
         batch = self.batch
@@ -370,6 +406,10 @@ class LlamaEngine:
         self.stats["decode_calls"] += 1
         self.stats["decode_seconds"] += seconds
         self.stats["tokens_in"] += len(entries)
+        if step:
+            self.stats["step_calls"] += 1
+            self.stats["step_seconds"] += seconds
+            self.stats["step_tokens"] += len(entries)
         change = self.tuner.record(len(entries), seconds)
         if change is not None:
             llama.llama_set_n_threads(self.ctx, change, change)

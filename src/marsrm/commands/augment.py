@@ -8,7 +8,7 @@ from marsrm.config import ConfigError, check_settings, setting, to_yaml
 from marsrm.features import LazyEmbed
 from marsrm.io import atomic_write_text
 from marsrm.pipeline import DataSettings, load_split
-from marsrm.llamacpp import WEIGHTS, parse_threads
+from marsrm.llamacpp import CACHES, WEIGHTS, parse_threads
 from marsrm.lm import ENGINES
 from marsrm.pool.build import FALLBACKS, TARGETS, build_pool, check_pool_output
 from marsrm.pool.export import STYLES, export_trl
@@ -57,6 +57,9 @@ class AugmentConfig(DataSettings):
                            "(fastest batched kernels), f16, or as-is", choices=list(WEIGHTS))
     threads: str = setting("auto", "local, llama.cpp: CPU threads; auto = adapt between 1 and all cores to what "
                            "runs fastest (another busy process takes a core), or a number")
+    kv_cache: str = setting("per-row", "local, llama.cpp: KV cache layout; per-row (each row attends to its own "
+                            "cells; a text's paraphrases do not depend on its neighbours) or shared (one cache, less "
+                            "memory, slower)", choices=list(CACHES))
     batch_size: int | None = setting(None, "local: sequences generated together (texts × n when sampling, texts × "
                                      "beams); default 16 with transformers, 32 with llama.cpp", ge=1)
     device: str | None = setting(None, "local: torch device (default: cuda when available, else cpu)")
@@ -116,7 +119,8 @@ class AugmentConfig(DataSettings):
                         temperature=self.temperature, top_p=self.top_p, top_k=self.top_k,
                         no_repeat_ngram_size=self.no_repeat_ngram_size, length_ratio=self.length_ratio,
                         max_new_tokens=self.max_new_tokens, batch_size=self.batch_size, device=self.device,
-                        dtype=self.dtype, engine=self.engine, weights=self.weights, threads=parse_threads(self.threads))
+                        dtype=self.dtype, engine=self.engine, weights=self.weights, threads=parse_threads(self.threads),
+                        kv_cache=self.kv_cache)
         if kind == "openai":
             return dict(base_url=self.base_url, model=self.model, api_key_env=self.api_key_env,
                         concurrency=self.concurrency, timeout=self.timeout, retries=self.retries,

@@ -44,7 +44,7 @@ class LocalParaphraser(Paraphraser):
                  no_repeat_ngram_size: int = 3, repetition_penalty: float = 1.0, length_ratio: float = 1.5,
                  max_new_tokens: int = 192, batch_size: int | None = None, device: str | None = None,
                  dtype: str = "auto", trust_remote_code: bool = False, engine: str = "auto",
-                 weights: str = "q8_0", threads: str | int = "auto"):
+                 weights: str = "q8_0", threads: str | int = "auto", kv_cache: str = "per-row"):
         super().__init__()
         if dtype not in DTYPES["paraphrase"]:
             raise PoolError(f"setting 'dtype': '{dtype}' (choose auto, fp32, bf16 or fp16)")
@@ -77,7 +77,7 @@ class LocalParaphraser(Paraphraser):
                 from marsrm.llamacpp import LlamaEngine
 
                 self.engine = LlamaEngine(Path(self.location) / self.gguf_file, weights=weights,
-                                          slots=batch_size or DEFAULT_SLOTS, threads=threads)
+                                          slots=batch_size or DEFAULT_SLOTS, threads=threads, cache=kv_cache)
         except (LMError, EngineError) as err:
             raise PoolError(str(err)) from err
         self.batch_size = batch_size or (DEFAULT_SLOTS if self.engine_name == "llama.cpp" else 16)
@@ -89,12 +89,16 @@ class LocalParaphraser(Paraphraser):
 
     @property
     def batch_invariant(self) -> bool:
-        """transformers in fp32: a text's outputs do not depend on its batch neighbours; bf16/fp16 round-off does,
-        and so does llama.cpp's (a call's outputs are the same for the same call, whatever the thread count)."""
-        return self.engine_name == "transformers" and self.dtype_name == "fp32"
+        """Whether a text's outputs do not depend on its batch neighbours: llama.cpp with its per-row cache (a row's
+        logits are bitwise the same alone or beside others, whatever the thread count) and transformers in fp32;
+        not transformers in bf16/fp16, nor llama.cpp's shared cache (round-off with the rows decoded beside it)."""
+        if self.engine_name == "llama.cpp":
+            return self.engine.cache == "per-row"
+        return self.dtype_name == "fp32"
 
     def settings(self) -> dict:
-        compute = ({"engine": "llama.cpp", "weights": self.engine.weights} if self.engine_name == "llama.cpp"
+        compute = ({"engine": "llama.cpp", "weights": self.engine.weights, "cache": self.engine.cache}
+                   if self.engine_name == "llama.cpp"
                    else {"dtype": self.dtype_name})  # transformers: as before engines existed (caches stay valid)
         return {"kind": self.kind, "model": model_identity(self.location, self.gguf_file), **compute,
                 "template": self.template,
