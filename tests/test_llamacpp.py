@@ -48,7 +48,7 @@ def test_auto_picks_llama_cpp_for_a_gguf_model_on_the_cpu_and_transformers_other
 
 @pytest.mark.parametrize("kwargs, name", [({"weights": "q2_k"}, "weights"), ({"threads": "lots"}, "threads"),
                                           ({"engine": "llama.cpp", "decoding": "beam"}, "engine"),
-                                          ({"batch_size": 0}, "batch_size")])
+                                          ({"batch_size": 0}, "batch_size"), ({"batch_size": 300}, "batch_size")])
 def test_the_paraphraser_refuses_bad_engine_settings_before_any_work(kwargs, name):
     with pytest.raises(PoolError, match=name):
         LocalParaphraser(**kwargs)

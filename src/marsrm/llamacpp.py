@@ -6,8 +6,9 @@ refinement and best-of-N sampling all reach it through `LlamaEngine.generate`.
 - KV cache (`cache`): "per-row" (default) gives every stream its own cells (llama.cpp's non-unified cache), so a
   decode step's attention spans each row's own prefix, prompt and tokens and nothing else; a copy between streams
   copies the cells. "shared" keeps one cache for all streams (llama.cpp's unified cache), where a copy shares its
-  source's cells, so the prefix and each prompt are stored once but every query attends over every cell in use —
-  the cost that held this engine at ×1.8–2.2 the transformers engine (bench/README.md). Either way, stream 0
+  source's cells, so the prefix and each prompt are stored once but every query attends over every cell in use
+  (on best-of-N's long prompts ×1.46 slower than per-row; on short paraphrase prompts 7% faster, bench/README.md).
+  Either way, stream 0
   holds the shared prefix (the paraphrase prompt's system line, worked examples and instruction), computed once
   per call; a *template* stream holds one distinct prompt (prefix + row), computed once for all of its samples
   (the n paraphrases of a text, the N best-of-N samples of a prompt); the *slot* streams decode, each starting as
@@ -50,6 +51,7 @@ WEIGHTS = ("q8_0", "f16", "as-is")
 CACHES = ("per-row", "shared")
 DEFAULT_SLOTS = 32
 TEMPLATES = 8  # prompts computed ahead of the slots that will copy them
+MAX_STREAMS = 256  # llama.cpp's limit on sequences in one context (LLAMA_MAX_SEQ)
 _LOCK = threading.Lock()
 _BACKEND: dict = {}
 
@@ -181,8 +183,9 @@ class LlamaEngine:
             raise EngineError(f"setting 'weights': '{weights}' (choose {', '.join(WEIGHTS)})")
         if cache not in CACHES:
             raise EngineError(f"setting 'cache': '{cache}' (choose {', '.join(CACHES)})")
-        if slots < 1:
-            raise EngineError(f"setting 'batch_size': must be at least 1 (got {slots})")
+        if not 1 <= slots <= MAX_STREAMS - 1 - TEMPLATES:
+            raise EngineError(f"setting 'batch_size': between 1 and {MAX_STREAMS - 1 - TEMPLATES} slots with "
+                              f"llama.cpp (got {slots})")
         threads = parse_threads(threads)
         cores = max(1, len(os.sched_getaffinity(0)))
         self.thread_counts = sorted({1, cores}) if threads == "auto" else [threads]
