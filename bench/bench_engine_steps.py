@@ -10,6 +10,9 @@ a fixed cost per step (weights read from memory, Python) would show as a rate ri
 Weight formats: those `--weights` offers (q8_0, f16) plus q4_0 and bf16, converted here with llama.cpp's
 quantizer into a temporary directory.
 
+It also checks, per cache layout, whether a row's logits depend on the rows decoded beside it: the last-token
+logits of 36 prompts (six texts, each six times) decoded in one step, against each decoded alone.
+
     HF_HUB_OFFLINE=1 .venv/bin/python bench/bench_engine_steps.py          # ≈ 2 min on 2 idle cores
 """
 from __future__ import annotations
@@ -28,6 +31,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 from bench_generation import cpu_name  # noqa: E402
 
 TEXT = "The cat sat on the mat and looked at the dog for a very long time."
+TEXTS = ("The cat sat on the mat.", "Water the basil when the soil is dry.", "Dogs like walks.", "It rains in Spain.",
+         "Open the window, please.", "My car is red.")
 
 
 def convert(source: Path, weights: str, directory: Path) -> Path:
@@ -72,6 +77,31 @@ def step_times(path: Path, cache: str, rows: int, prefix: list[int], prompt: lis
             "fill_ms_per_token": round(1000 * fill / len(prompt), 2)}
 
 
+def batch_dependence(path: Path, cache: str, prefix: list[int], prompts: list[list[int]], threads: int) -> float:
+    """The largest |logit difference| between a prompt's next-token logits decoded in one step with all of
+    `prompts` and decoded alone (0.0: a row does not depend on its neighbours)."""
+    from marsrm.llamacpp import TEMPLATES, LlamaEngine, _llama
+
+    llama = _llama()
+    engine = LlamaEngine(path, weights="as-is", slots=len(prompts), threads=threads, cache=cache)
+
+    def logits(chosen: list[int]) -> dict[int, np.ndarray]:
+        engine._context(len(prefix), max(map(len, prompts)), 16, len(prompts))
+        llama.llama_memory_clear(engine.memory, True)
+        engine._decode([(t, i, 0, False) for i, t in enumerate(prefix)])
+        P = len(prefix)
+        for k, j in enumerate(chosen):
+            llama.llama_memory_seq_cp(engine.memory, 0, TEMPLATES + 1 + k, -1, -1)
+            engine._decode([(t, P + i, TEMPLATES + 1 + k, False) for i, t in enumerate(prompts[j])])
+        out = engine._decode([(42, P + len(prompts[j]), TEMPLATES + 1 + k, True) for k, j in enumerate(chosen)])
+        return {j: out[TEMPLATES + 1 + k] for k, j in enumerate(chosen)}
+
+    together = logits(list(range(len(prompts))))
+    worst = max(float(np.abs(logits([j])[j] - together[j]).max()) for j in range(0, len(prompts), 5))
+    engine.close()
+    return worst
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
     parser.add_argument("--weights", default="q8_0,q4_0,f16,bf16")
@@ -90,6 +120,7 @@ def main(argv=None) -> int:
     paraphraser.load()
     task = Task(TEXT, 0)
     prefix, prompt = paraphraser._prefix(task.kind)[1][0].tolist(), paraphraser._rows(task)
+    prompts = [paraphraser._rows(Task(text, 0)) for text in TEXTS for _ in range(6)]
     paraphraser.close()
     results = {"cpu": cpu_name(), "cores": len(os.sched_getaffinity(0)), "threads": args.threads,
                "prefix_tokens": len(prefix), "prompt_tokens": len(prompt), "runs": []}
@@ -105,6 +136,11 @@ def main(argv=None) -> int:
                     print(f"{weights:>5} {cache:>8} {rows:3d} rows: {run['ms_per_step']:6.1f} ms a step, "
                           f"{run['tokens_per_s']:6.1f} tokens/s; prompt fill {run['fill_ms_per_token']} ms a token",
                           flush=True)
+            if weights == "q8_0":
+                results["batch_dependence"] = {cache: batch_dependence(path, cache, prefix, prompts, args.threads)
+                                               for cache in args.caches.split(",")}
+                print("largest |logit difference|, a row beside 35 others against alone: " +
+                      ", ".join(f"{c} {d:.4f}" for c, d in results["batch_dependence"].items()), flush=True)
     atomic_write_json(args.output, results)
     print(f"wrote {args.output}")
     return 0

@@ -109,3 +109,21 @@ def test_the_best_of_n_section_reads_nested_yaml_flags_and_the_old_flat_names(tm
     with pytest.raises(ConfigError, match=r"unknown setting 'bon\.gould' \(known: gold, max_new_tokens"):
         nested.write_text("bon: {gould: g}\n")
         parse("--config", str(nested))
+
+
+def test_a_single_comparison_worker_keeps_every_core_and_parallel_workers_get_their_share(monkeypatch):
+    import torch
+
+    from marsrm.commands.compare import use_worker_threads
+
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        monkeypatch.delenv("MARSRM_THREADS", raising=False)
+        use_worker_threads()  # one worker: the process's threads are left alone
+        assert torch.get_num_threads() == 2
+        monkeypatch.setenv("MARSRM_THREADS", "1")  # what a comparison sets for each of its parallel workers
+        use_worker_threads()
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)

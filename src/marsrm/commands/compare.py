@@ -96,11 +96,19 @@ class CompareConfig(RunConfig):
         return RunConfig(**values)
 
 
-def _run_one(config: RunConfig, pool=None, record_dir: str | None = None) -> tuple[str, int, str]:
-    """Run one (strategy, seed) unless it is finished (in its run directory or recorded); record it if asked."""
+def use_worker_threads() -> None:
+    """torch's thread count in a comparison's process: MARSRM_THREADS where the comparison set it (parallel
+    workers share the cores); otherwise unchanged, so a single worker computes on every core."""
     import torch
 
-    torch.set_num_threads(max(1, int(os.environ.get("MARSRM_THREADS", "1"))))
+    threads = os.environ.get("MARSRM_THREADS")
+    if threads:
+        torch.set_num_threads(max(1, int(threads)))
+
+
+def _run_one(config: RunConfig, pool=None, record_dir: str | None = None) -> tuple[str, int, str]:
+    """Run one (strategy, seed) unless it is finished (in its run directory or recorded); record it if asked."""
+    use_worker_threads()
     if record_dir and record.is_recorded(record_dir):
         changed = record.differences(record.read_fingerprint(record_dir, RunConfig) or {}, config)
         if changed:
