@@ -38,12 +38,13 @@ def test_settings_change_with_decoding_and_model_but_not_with_batch_size():
     assert LocalParaphraser(decoding="beam").settings() != base
 
 
-def test_only_transformers_in_fp32_promises_outputs_independent_of_batching():
+def test_transformers_in_fp32_and_llama_cpp_per_row_promise_outputs_independent_of_batching():
     from marsrm.runtime import cpu_has_bf16
 
     assert LocalParaphraser(dtype="fp32", engine="transformers").batch_invariant
     assert not LocalParaphraser(dtype="bf16", engine="transformers").batch_invariant
-    assert not LocalParaphraser(dtype="fp32", engine="llama.cpp").batch_invariant  # round-off follows the call
+    assert LocalParaphraser(engine="llama.cpp").batch_invariant  # its per-row cache: bitwise per row
+    assert not LocalParaphraser(engine="llama.cpp", kv_cache="shared").batch_invariant  # follows the call
     assert LocalParaphraser().dtype_name == ("bf16" if torch.cuda.is_available() or cpu_has_bf16() else "fp32")
     with pytest.raises(PoolError, match="dtype"):
         LocalParaphraser(dtype="int4")

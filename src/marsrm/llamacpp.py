@@ -30,6 +30,9 @@ refinement and best-of-N sampling all reach it through `LlamaEngine.generate`.
   the file unchanged; "f16" converts to float16.
 - Threads: "auto" adapts between one thread and all usable cores by measured throughput, so a busy machine
   (another job on one of two cores) runs at the speed of the cores it has instead of stalling on spinning threads.
+
+Long because the scheduler (templates, slots, packing), the cache layouts, the sampler and the thread tuner share
+one call's state and its determinism argument, which reads best in one place.
 """
 from __future__ import annotations
 
