@@ -58,8 +58,9 @@ class AugmentConfig(DataSettings):
     threads: str = setting("auto", "local, llama.cpp: CPU threads; auto = adapt between 1 and all cores to what "
                            "runs fastest (another busy process takes a core), or a number")
     kv_cache: str = setting("per-row", "local, llama.cpp: KV cache layout; per-row (each row attends to its own "
-                            "cells; a text's paraphrases do not depend on its neighbours) or shared (one cache, less "
-                            "memory, slower)", choices=list(CACHES))
+                            "cells; a text's paraphrases do not depend on its neighbours) or shared (one cache: "
+                            "less memory, slower on long prompts, rows depend on their neighbours)",
+                            choices=list(CACHES))
     batch_size: int | None = setting(None, "local: sequences generated together (texts × n when sampling, texts × "
                                      "beams); default 16 with transformers, 32 with llama.cpp", ge=1)
     device: str | None = setting(None, "local: torch device (default: cuda when available, else cpu)")

@@ -48,8 +48,8 @@ class BonConfig(DataSettings):
                            "or as-is", choices=list(WEIGHTS))
     threads: str = setting("auto", "llama.cpp: CPU threads; auto = adapt between 1 and all cores, or a number")
     kv_cache: str = setting("per-row", "llama.cpp: KV cache layout; per-row (each row attends to its own cells; a "
-                            "row's sample does not depend on its neighbours) or shared (one cache, less memory, "
-                            "slower)", choices=list(CACHES))
+                            "row's sample does not depend on its neighbours) or shared (one cache: less memory, slower "
+                            "on long prompts, rows depend on their neighbours)", choices=list(CACHES))
     batch_size: int | None = setting(None, "rows sampled together (default 16 with transformers, 32 slots with "
                                      "llama.cpp)", ge=1)
     dtype: str = setting("auto", "policy dtype; auto = bf16 on a GPU, fp32 on a CPU (fp32: a row's sample does "
