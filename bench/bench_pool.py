@@ -3,7 +3,8 @@
 The base set is what `marsrm augment` uses: `split_pairs(load_pairs(data), train_size=P, seed=0).train`. Each
 backend builds into a fresh directory with an empty paraphrase cache and an empty embedding cache, so the
 time covers generation, the label filter (MiniLM embeddings of sources and paraphrases) and the pool files.
-  local    LocalParaphraser (SmolLM2-135M-Instruct GGUF in torch), seeded sampling, batch_size 16
+  local    LocalParaphraser with `marsrm augment`'s defaults (SmolLM2-135M-Instruct GGUF; llama.cpp where it is
+           installed: 32 slots, a KV cache per row; else transformers, batches of 16), seeded sampling
   openai   OpenAIParaphraser against llama-cpp-python's server running the same GGUF file, started here on
            loopback (`--servers K` starts K servers, threads split between them, requests spread over them)
   lexical  WordNet + EDA (no model): the floor
@@ -84,7 +85,8 @@ def main(argv=None) -> int:
     parser.add_argument("--n", type=int, default=5)
     parser.add_argument("--targets", default="responses", choices=["responses", "all"])
     parser.add_argument("--backends", default="lexical,local,openai")
-    parser.add_argument("--batch-size", type=int, default=16, help="local: rows per generate call")
+    parser.add_argument("--batch-size", type=int, default=None,
+                        help="local: rows decoded together (default: the engine's, as `marsrm augment`)")
     parser.add_argument("--servers", type=int, default=1, help="openai: llama.cpp servers to start")
     parser.add_argument("--chunk-words", type=int, default=30, help="sentence-chunk size (marsrm augment's default)")
     parser.add_argument("--refine", action="store_true", help="semantic refinement (local LLM, 5 tries) first, "
@@ -161,6 +163,9 @@ def main(argv=None) -> int:
             run["servers"] = args.servers
         if len(pairs) < 1000:
             run["extrapolated_1000_pairs_hours"] = round(seconds * 1000 / len(pairs) / 3600, 2)
+        if backend == "local":
+            run["engine"] = paraphraser.engine_name
+            run["batch_size"] = paraphraser.batch_size
         results["runs"][backend] = run
         print(f"{backend}: {run}", flush=True)
         if args.samples:

@@ -69,7 +69,8 @@ def test_cells_of_one_seed_share_their_data():
                       settings.signal, rtol=0.03)
 
 
-@pytest.mark.parametrize("name", ["uniform", "west-of-n", "mars", "mars-signed-conc", "oracle-mars", "none"])
+@pytest.mark.parametrize("name", ["uniform", "west-of-n", "mars", "mars-signed-conc", "oracle-mars",
+                                  "shuffled-mars-signed-conc", "none"])
 def test_every_round_spends_exactly_the_budget(name):
     settings = small()
     result = sim.run_contender(problem(settings), name, settings, seed=0)
@@ -97,6 +98,28 @@ def test_oracle_allocates_by_the_true_margin_and_mars_by_the_model(monkeypatch):
     seen.clear()
     sim.run_contender(p, "mars-signed-conc", settings, seed=0)
     assert not np.allclose(seen[-1], p.true_margins)
+
+
+def test_shuffled_allocates_by_the_model_margins_permuted(monkeypatch):
+    settings = small()
+    p = problem(settings)
+    seen = []
+    real = alloc.allocate
+
+    def spy(strategy, margins, budget, rng, **kwargs):
+        seen.append(np.array(margins))
+        return real(strategy, margins, budget, rng, **kwargs)
+
+    monkeypatch.setattr(sim.alloc, "allocate", spy)
+    shuffled = sim.run_contender(p, "shuffled-mars-conc", settings, seed=0)["rounds"][0]
+    first_round_model = (p.chosen - p.rejected) @ p.init
+    np.testing.assert_allclose(np.sort(seen[0]), np.sort(first_round_model))  # the same values …
+    assert not np.allclose(seen[0], first_round_model)                         # … on other pairs
+    aimed = sim.run_contender(p, "mars-conc", settings, seed=0)["rounds"][0]
+    # as concentrated as mars-conc, but not on the model's lowest-margin pairs
+    assert shuffled["effective_sample_size"] == pytest.approx(aimed["effective_sample_size"], rel=0.2)
+    assert shuffled["effective_sample_size"] < 0.8 * settings.base_pairs
+    assert shuffled["lowest_decile_share"] < aimed["lowest_decile_share"] - 0.1
 
 
 def test_concentrated_tau_concentrates_and_paper_tau_reads_raw_margins():
@@ -178,6 +201,18 @@ def test_table_marks_intervals_that_exclude_zero():
         gain = cell["vs_uniform"]
         if gain and (gain["low"] > 0 or gain["high"] < 0):
             assert f"**{100 * gain['mean']:+.1f} [" in text
+
+
+def test_table_pairs_each_concentrated_contender_with_its_shuffled_twin():
+    results = sim.run_grid(small(strategies=["uniform", "mars-conc", "shuffled-mars-conc"], epsilons=[0.5]))
+    text = sim.results_table(results)
+    assert "### Aim against concentration" in text and "| mars-conc − shuffled-mars-conc |" in text
+    aimed, blind = (np.array(sim._entries(results, strategy=name)[0]["accuracy"])
+                    for name in ("mars-conc", "shuffled-mars-conc"))
+    gain = sim.paired_interval(aimed - blind)
+    assert f"| faithful | 1 | 0.5 | {100 * gain['mean']:+.1f} [" in text.replace("**", "")
+    assert "Aim against" not in sim.results_table(sim.run_grid(small(strategies=["uniform", "mars-conc"],
+                                                                     epsilons=[0.5])))
 
 
 def test_cli_writes_the_outputs(tmp_path, capsys):
