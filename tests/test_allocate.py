@@ -97,6 +97,30 @@ def test_mars_signed_never_favours_larger_signed_margin(margins, budget, tau):
     _never_favours(margins, allocate("mars-signed", margins, budget, None, tau=tau))
 
 
+@pytest.mark.parametrize("shuffled, aimed", [("shuffled-mars", "mars"), ("shuffled-mars-signed", "mars-signed")])
+@quick
+@given(margins=margins_st, budget=budgets, seed=seeds, tau=st.floats(0, 5))
+def test_shuffled_controls_are_their_twin_on_permuted_margins(shuffled, aimed, margins, budget, seed, tau):
+    counts = allocate(shuffled, margins, budget, np.random.default_rng(seed), tau=tau, tau_scale="std")
+    permuted = np.random.default_rng(seed).permutation(margins)
+    np.testing.assert_array_equal(counts, allocate(aimed, permuted, budget, None, tau=tau, tau_scale="std"))
+
+
+@pytest.mark.parametrize("shuffled, aimed", [("shuffled-mars", "mars"), ("shuffled-mars-signed", "mars-signed")])
+def test_shuffled_controls_do_not_aim_at_low_margins(shuffled, aimed):
+    margins = np.random.default_rng(0).normal(size=5000)
+    rank = margins if STRATEGIES[aimed].signed else np.abs(margins)
+    lowest = rank <= np.quantile(rank, 0.1)
+    twin = allocate(aimed, margins, 20000, None, tau=3.0, tau_scale="std")
+    draws = [allocate(shuffled, margins, 20000, np.random.default_rng(seed), tau=3.0, tau_scale="std")
+             for seed in range(20)]
+    for counts in draws:
+        np.testing.assert_array_equal(np.sort(counts), np.sort(twin))  # the same concentration …
+    assert twin[lowest].sum() / 20000 > 0.3
+    shares = [counts[lowest].sum() / 20000 for counts in draws]
+    assert np.mean(shares) == pytest.approx(0.1, abs=0.03)  # … on pairs drawn at random
+
+
 @pytest.mark.parametrize("name", ["uniform", "west-of-n", "self-train"])
 @quick
 @given(margins=margins_st, budget=budgets, seed=seeds)

@@ -152,6 +152,19 @@ def test_a_recorded_comparison_skips_its_runs_and_rebuilds_from_results_alone(tm
     assert json.loads((results / "summary.json").read_text())["strategies"]["mars"]["vs_baseline"] == \
         json.loads(json.dumps(mars["vs_baseline"]))
 
+    # A strategy added to the plan later: the table keeps the complete ones and lists what is still to run.
+    def tables_with(**changes):
+        plan.write_text(json.dumps({"experiments": {"cmp": {**settings, **changes}}}))
+        status = experiment(ExperimentConfig(action="tables", plan=str(plan), results=str(tmp_path / "results"),
+                                             runs=str(tmp_path / "scratch")), echo=lambda *_: None)
+        return status["cmp"], (tmp_path / "results" / "TABLES.md").read_text()
+
+    status, tables = tables_with(strategies=["uniform", "mars", "mars-signed"])
+    assert status == "table of 2 of 3 strategies" and "Still to run: `mars-signed` (0/2 seeds)." in tables
+    assert next(line for line in tables.splitlines() if line.startswith("| mars |")) == row
+    status, tables = tables_with(strategies=["uniform", "mars", "mars-signed"], baseline="mars-signed")
+    assert status == "4/6 runs recorded" and "no table yet" in tables  # not without its baseline
+
 
 def test_the_plan_is_checked_before_any_work(tmp_path):
     from marsrm.commands.experiment import ExperimentConfig

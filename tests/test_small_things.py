@@ -84,6 +84,23 @@ def test_fewer_than_three_seeds_are_warned_about_in_the_summary_and_the_report(t
 
 
 
+def test_a_shuffled_control_beside_its_twin_reports_the_aim(tmp_path):
+    runs = _fake_runs(tmp_path, strategies=("uniform", "mars", "shuffled-mars"), seeds=3)
+    for results in runs["shuffled-mars"]:
+        results["eval_margins"] = np.where(np.arange(20) < 5, -1.0, results["eval_margins"])  # 5 more pairs wrong
+    config = CompareConfig(strategies=["uniform", "mars", "shuffled-mars"], seeds=3, baseline="uniform",
+                           n_resamples=50, output=str(tmp_path))
+    summary = summarise(config, runs)
+    aim = summary["strategies"]["shuffled-mars"]["aim"]
+    right = {s: np.mean([r["eval_margins"] > 0 for r in runs[s]]) for s in ("mars", "shuffled-mars")}
+    assert aim["aimed"] == "mars"
+    assert aim["accuracy_difference_over_seeds"]["value"] == pytest.approx(right["mars"] - right["shuffled-mars"])
+    assert "aim" not in summary["strategies"]["mars"] and "aim" not in summary["strategies"]["uniform"]
+    line = f"aim: mars − shuffled-mars {right['mars'] - right['shuffled-mars']:+.4f} ["
+    assert line in report.format_summary(summary)
+    assert "## Aim against concentration" in report.write_report(config, summary, runs).read_text()
+
+
 def test_the_printed_summary_shows_the_length_rule_beside_the_strategies_when_it_was_measured(tmp_path):
     summary = summarise(_config(tmp_path, seeds=3), _fake_runs(tmp_path))
     for entry in summary["strategies"].values():

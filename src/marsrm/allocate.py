@@ -41,6 +41,8 @@ __all__ = [
     "pseudo_label",
     "sample_variants",
     "scaled_margins",
+    "shuffled_mars",
+    "shuffled_mars_signed",
     "uniform",
 ]
 
@@ -136,6 +138,23 @@ def mars_signed(margins, budget, rng, *, tau: float = 0.5, tau_scale: str = "raw
     return largest_remainder(_softmax_weights(-tau * scaled_margins(margins, tau_scale)), budget)
 
 
+def shuffled_mars(margins, budget, rng, *, tau: float = 0.1, tau_scale: str = "raw") -> np.ndarray:
+    """A control for `mars`: its weights on the margins permuted at random across the pairs (drawn by ``rng``).
+
+    The budget is exactly as concentrated as `mars` would make it (the same weights) but lands on random pairs,
+    so comparing the two separates what concentrating the budget does from what aiming it at low margins does.
+    """
+    margins = _as_margins(margins)
+    return mars(_as_rng(rng).permutation(margins), budget, rng, tau=tau, tau_scale=tau_scale)
+
+
+def shuffled_mars_signed(margins, budget, rng, *, tau: float = 0.5, tau_scale: str = "raw") -> np.ndarray:
+    """A control for `mars-signed`: its weights on the margins permuted at random across the pairs (see
+    `shuffled_mars`)."""
+    margins = _as_margins(margins)
+    return mars_signed(_as_rng(rng).permutation(margins), budget, rng, tau=tau, tau_scale=tau_scale)
+
+
 def uniform(margins, budget, rng) -> np.ndarray:
     """q_i = 1/N: every pair gets budget // N; the budget % N leftover units go to pairs drawn by ``rng``.
 
@@ -202,6 +221,8 @@ class Strategy:
         first (West-of-N), instead of at random.
     pseudo_labels: orient each drawn variant by `pseudo_label` of its margin (self-training).
     reweights_base: weight the base pairs' loss by `adaboost_weights`.
+    signed: allocates by the signed margin (mis-ranked pairs first), so its concentration is read on the
+        signed margins rather than on |Δ|.
     """
 
     name: str
@@ -211,6 +232,7 @@ class Strategy:
     selects_by_variant_margin: bool = False
     pseudo_labels: bool = False
     reweights_base: bool = False
+    signed: bool = False
 
     @property
     def defaults(self) -> dict:
@@ -228,7 +250,11 @@ STRATEGIES: dict[str, Strategy] = {
     s.name: s
     for s in (
         Strategy("mars", mars, "MARS v1: softmax(-tau·|margin|)"),
-        Strategy("mars-signed", mars_signed, "MARS v2: softmax(-tau·margin), mis-ranked pairs first"),
+        Strategy("mars-signed", mars_signed, "MARS v2: softmax(-tau·margin), mis-ranked pairs first", signed=True),
+        Strategy("shuffled-mars", shuffled_mars, "control: mars' weights on margins permuted across pairs "
+                 "(the same concentration, no aim)"),
+        Strategy("shuffled-mars-signed", shuffled_mars_signed, "control: mars-signed's weights on margins "
+                 "permuted across pairs", signed=True),
         Strategy("uniform", uniform, "the same budget for every pair"),
         Strategy("west-of-n", uniform, "uniform budget; each pair's highest-margin variants",
                  selects_by_variant_margin=True),

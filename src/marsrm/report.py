@@ -176,15 +176,29 @@ def length_rule_accuracy(summary: dict) -> float | None:
     return next(iter(summary["strategies"].values())).get("length_baseline_accuracy")
 
 
+def aim_lines(summary: dict) -> list[str]:
+    """One line per shuffled control run beside its twin (`mars` and `shuffled-mars`, …): the twin's accuracy minus
+    the control's on the same held-out pairs, with the interval that redraws pairs and seeds. The control spends
+    the same concentration on random pairs, so this is what aiming the budget at low margins did."""
+    lines = []
+    for control, entry in summary["strategies"].items():
+        if "aim" in entry:
+            diff = entry["aim"]["accuracy_difference_over_seeds"]
+            lines.append(f"aim: {entry['aim']['aimed']} − {control} {diff['value']:+.4f} [{diff['low']:+.4f}, "
+                         f"{diff['high']:+.4f}] (95%, pairs × seeds; the same concentration on random pairs)")
+    return lines
+
+
 def format_summary(summary: dict) -> str:
     """The plain-text table of a comparison's summary: accuracy over seeds and the paired difference per strategy."""
+    width = max(13, 1 + max(map(len, summary["strategies"])))
     lines = [f"held-out pairs: {summary['eval_pairs']} · seeds: {summary['seeds']} · "
              f"paired against: {summary['baseline']}",
-             f"{'strategy':<13}{'accuracy (95% over seeds)':<30}{'auc':>8}{'Δacc vs ' + summary['baseline']:>20}"
+             f"{'strategy':<{width}}{'accuracy (95% over seeds)':<30}{'auc':>8}{'Δacc vs ' + summary['baseline']:>20}"
              f"{'95% paired':>22}{'seeds won':>11}"]
     for name, entry in summary["strategies"].items():
         acc, auc = entry["accuracy"], entry["auc"]
-        line = f"{name:<13}{acc['mean']:.4f} [{acc['low']:.4f}, {acc['high']:.4f}]{'':<6}{auc['mean']:>8.4f}"
+        line = f"{name:<{width}}{acc['mean']:.4f} [{acc['low']:.4f}, {acc['high']:.4f}]{'':<6}{auc['mean']:>8.4f}"
         if "vs_baseline" in entry:
             diff = entry["vs_baseline"]["accuracy_difference"]
             interval = f"[{diff['low']:+.4f}, {diff['high']:+.4f}]"
@@ -194,6 +208,7 @@ def format_summary(summary: dict) -> str:
     if length is not None:
         lines.append(f"{'(longer response wins)':<24}{length:.4f}  on the same held-out pairs: a model at or below "
                      "it has mostly learned length")
+    lines += aim_lines(summary)
     warning = few_seeds_warning(summary)
     return "\n".join(lines + ([warning] if warning else []))
 
@@ -238,6 +253,8 @@ def write_report(config, summary: dict, runs: dict) -> Path:
             diff = entry["vs_baseline"]["accuracy_difference"]
             lines.append(f"| {strategy} | {diff['value']:+.4f} | [{diff['low']:+.4f}, {diff['high']:+.4f}] | "
                          f"{entry['vs_baseline']['seeds_won']:.2f} |")
+    if aim_lines(summary):
+        lines += ["", "## Aim against concentration", ""] + [f"- {line}" for line in aim_lines(summary)]
     lines += ["", "## Plots", ""] + [f"![{p}]({p})" for p in plots]
     if "bon" in summary:
         bon = summary["bon"]

@@ -26,9 +26,10 @@ label is wrong), at the concentrated τ: the most a margin-aware allocation coul
 faithful labels it bounds what margin awareness can gain, with inherited labels it shows what concentrating the
 budget does when the labels of low-margin variants are the unreliable ones.
 
-The shuffled contenders allocate by the model's margins permuted at random across the base pairs, at the
-concentrated τ: the same concentration as `mars-conc` (the same margin values, so the same effective sample size)
-with no margin information, which separates what concentrating the budget does from what aiming it does.
+The shuffled contenders (`allocate`'s `shuffled-mars` and `shuffled-mars-signed`, at the concentrated τ) weight the
+model's margins permuted at random across the base pairs: the same concentration as their twins (the same margin
+values, so the same weights) with no margin information, which separates what concentrating the budget does from
+what aiming it does.
 
 Long because the synthetic problem, its learner and the control's table and plot are one experiment,
 read top to bottom.
@@ -48,21 +49,21 @@ from marsrm.metrics import seed_interval
 from marsrm.train import OptimSettings, length_grouped_batches
 
 ARMS = ("faithful", "inherited")
-# name -> (allocate() strategy, τ form, margins allocated by): the paper's τ on raw margins, or the concentrated τ
-# on margins in units of the round's std (tau_scale "std"); "model" margins are the current head's, "true" the
-# oracle's (w*ᵀΔφ), "shuffled" the model's permuted at random across pairs (concentration without aim).
+# name -> (allocate() strategy, τ form, oracle): the paper's τ on raw margins, or the concentrated τ on margins
+# in units of the round's std (tau_scale "std"); the oracle reads the true margins. The shuffled strategies
+# permute the margins across pairs before weighting them: the same concentration without aim.
 CONTENDERS = {
-    "none": ("none", None, "model"),
-    "uniform": ("uniform", None, "model"),
-    "west-of-n": ("west-of-n", None, "model"),
-    "mars": ("mars", "paper", "model"),
-    "mars-signed": ("mars-signed", "paper", "model"),
-    "mars-conc": ("mars", "concentrated", "model"),
-    "mars-signed-conc": ("mars-signed", "concentrated", "model"),
-    "oracle-mars": ("mars", "concentrated", "true"),
-    "oracle-mars-signed": ("mars-signed", "concentrated", "true"),
-    "shuffled-mars-conc": ("mars", "concentrated", "shuffled"),
-    "shuffled-mars-signed-conc": ("mars-signed", "concentrated", "shuffled"),
+    "none": ("none", None, False),
+    "uniform": ("uniform", None, False),
+    "west-of-n": ("west-of-n", None, False),
+    "mars": ("mars", "paper", False),
+    "mars-signed": ("mars-signed", "paper", False),
+    "mars-conc": ("mars", "concentrated", False),
+    "mars-signed-conc": ("mars-signed", "concentrated", False),
+    "oracle-mars": ("mars", "concentrated", True),
+    "oracle-mars-signed": ("mars-signed", "concentrated", True),
+    "shuffled-mars-conc": ("shuffled-mars", "concentrated", False),
+    "shuffled-mars-signed-conc": ("shuffled-mars-signed", "concentrated", False),
 }
 BASELINE = "uniform"
 TRAINERS = ("numpy", "library")
@@ -117,7 +118,7 @@ class SimulationSettings:
         strategy, form, _ = CONTENDERS[name]
         if form is None:
             return {}
-        signed = strategy == "mars-signed"
+        signed = alloc.get_strategy(strategy).signed
         if form == "paper":
             return {"tau": self.paper_tau_signed if signed else self.paper_tau, "tau_scale": "raw"}
         return {"tau": self.tau_signed if signed else self.tau, "tau_scale": "std"}
@@ -220,13 +221,13 @@ def run_contender(problem: Problem, name: str, settings: SimulationSettings, see
     """The rounds of contender ``name`` on ``problem``; returns its held-out accuracy and per-round records.
 
     Each round record: synthetic_pairs (the sample's size: the budget, or 0), effective_sample_size,
-    lowest_decile_share (of the budget, on the smallest |margin| used to allocate; for a shuffled contender, on the
-    model's own margins, which it did not aim at), lowest_signed_decile_share (the smallest signed margin),
+    lowest_decile_share (of the budget, on the smallest |margin| used to allocate; for a shuffled contender, the
+    model's margins, which it did not aim at), lowest_signed_decile_share (the smallest signed margin),
     mean_abs_margin (the model's, on the base set) and sample_label_error (share of the
     round's synthetic pairs whose label disagrees with the true reward).
     accelerator: reused by the "library" trainer (one is made if None).
     """
-    strategy, _, source = CONTENDERS[name]
+    strategy, _, oracle = CONTENDERS[name]
     record = alloc.get_strategy(strategy)
     strategy_settings = settings.strategy_settings(name)
     learner = _LibraryHead(problem.init, accelerator) if settings.trainer == "library" else _NumpyHead(problem.init)
@@ -238,13 +239,9 @@ def run_contender(problem: Problem, name: str, settings: SimulationSettings, see
         rng = np.random.default_rng([seed, round_])
         theta = learner.weights
         model_margins = base_delta @ theta                                                   # a. margins
-        margins = problem.true_margins if source == "true" else model_margins
-        if source == "shuffled":  # its own stream, so the allocation and sample draws match mars-conc's structure
-            margins = np.random.default_rng([seed, round_, 1]).permutation(model_margins)
+        margins = problem.true_margins if oracle else model_margins
         budget = settings.budget if record.augments else 0
         counts = alloc.allocate(strategy, margins, budget, rng, **strategy_settings)        # b, c
-        if source == "shuffled":
-            margins = model_margins  # concentration is reported on the margins it ignored
         ranked = (pool_delta @ theta).ravel() if record.selects_by_variant_margin and counts.any() else None
         pair_index, variant_index = alloc.sample_variants(                                  # d. sample
             counts, sizes, rng, variant_margins=ranked,
@@ -426,7 +423,7 @@ def summarise(settings: SimulationSettings, per_seed: list[dict]) -> dict:
     for arm, eps, noise in cells(settings):
         baseline = np.array([runs[arm, eps, noise, BASELINE]["accuracy"] for runs in per_seed])
         for name in settings.strategies:
-            strategy, form, source = CONTENDERS[name]
+            strategy, form, oracle = CONTENDERS[name]
             seeds = [runs[arm, eps, noise, name] for runs in per_seed]
             accuracy = np.array([s["accuracy"] for s in seeds])
             rounds = {key: [round(float(np.mean([s["rounds"][r][key] for s in seeds])), 4)
@@ -434,7 +431,7 @@ def summarise(settings: SimulationSettings, per_seed: list[dict]) -> dict:
             gain = paired_interval(accuracy - baseline) if name != BASELINE else None
             entries.append({
                 "arm": arm, "epsilon": eps, "noise": noise, "strategy": name, "allocate": strategy,
-                "tau_form": form, "margins": source, **settings.strategy_settings(name),
+                "tau_form": form, "margins": "true" if oracle else "model", **settings.strategy_settings(name),
                 "accuracy": accuracy.tolist(), "mean": round(float(accuracy.mean()), 6),
                 "base_label_error": round(float(np.mean([s["base_label_error"] for s in seeds])), 4),
                 "vs_uniform": gain and {k: round(v, 6) for k, v in gain.items()},
@@ -527,7 +524,8 @@ def results_table(results: dict) -> str:
         for noise in settings["noises"]:
             for name in concentrating:
                 found = _entries(results, arm=arm, noise=noise, strategy=name)
-                share = "lowest_signed_decile_share" if CONTENDERS[name][0] == "mars-signed" else "lowest_decile_share"
+                signed = alloc.get_strategy(CONTENDERS[name][0]).signed
+                share = "lowest_signed_decile_share" if signed else "lowest_decile_share"
                 cells_ = [f"{np.mean([e['rounds']['effective_sample_size'][r] for e in found]):.0f} · "
                           f"{np.mean([e['rounds'][share][r] for e in found]):.2f}" for r in range(settings["rounds"])]
                 lines.append(f"| {arm} | {noise:g} | {_label(found[0])} | " + " | ".join(cells_) + " |")
@@ -577,7 +575,7 @@ def plot_gain(results: dict, path) -> None:
                 x = np.arange(len(epsilons)) + spread[k] * len(names)
                 ax.errorbar(x, gain[:, 0], yerr=[gain[:, 0] - gain[:, 1], gain[:, 2] - gain[:, 0]], marker="o",
                             ms=3.5, lw=1.2, capsize=2, color=colors(k % 10),
-                            ls={"model": "-", "true": "--", "shuffled": ":"}[CONTENDERS[name][2]], label=_label(found[0]))
+                            ls="--" if CONTENDERS[name][2] else ":" if name.startswith("shuffled-") else "-", label=_label(found[0]))
             ax.set_title(f"{arm} labels, T = {noise:g} ({100 * found[0]['base_label_error']:.0f}% base labels wrong)",
                          fontsize=9.5)
             ax.set_xticks(np.arange(len(epsilons)), [f"{e:g}" for e in epsilons])

@@ -101,11 +101,16 @@ def compare_config(config: ExperimentConfig, plan: dict, name: str):
 
 def recorded_runs(compare) -> tuple[int, int]:
     """(runs recorded, runs planned) for one comparison."""
+    done = recorded_by_strategy(compare)
+    return sum(done.values()), len(done) * compare.seeds
+
+
+def recorded_by_strategy(compare) -> dict[str, int]:
+    """{strategy: how many of its seeds are recorded} for one comparison."""
     from marsrm.record import is_recorded
 
-    planned = [(s, compare.seed + k) for s in compare.strategies for k in range(compare.seeds)]
-    done = sum(is_recorded(Path(compare.record) / s / f"seed-{seed}") for s, seed in planned)
-    return done, len(planned)
+    return {s: sum(is_recorded(Path(compare.record) / s / f"seed-{compare.seed + k}") for k in range(compare.seeds))
+            for s in compare.strategies}
 
 
 def experiment(config: ExperimentConfig, echo=print) -> dict:
@@ -150,24 +155,31 @@ def run_experiment(config: ExperimentConfig, plan: dict, name: str, echo=print) 
 
 
 def write_tables(config: ExperimentConfig, plan: dict, names: list[str], echo=print) -> dict:
-    """summary.json of every fully recorded experiment and TABLES.md, from the recorded runs alone."""
+    """summary.json and TABLES.md from the recorded runs alone: an experiment's table holds the strategies with
+    every seed recorded, once the baseline's are (the others are listed as still to run)."""
+    import dataclasses
+
     from marsrm.commands.compare import load_runs, summarise
 
     sections, status = [], {}
     for name in names:
         settings = compare_config(config, plan, name)
-        done, planned = recorded_runs(settings)
-        if done < planned:
-            status[name] = f"{done}/{planned} runs recorded"
+        done = recorded_by_strategy(settings)
+        complete = [s for s in settings.strategies if done[s] == settings.seeds]
+        if settings.baseline not in complete or len(complete) < 2:
+            status[name] = f"{sum(done.values())}/{len(done) * settings.seeds} runs recorded"
             sections.append(f"## {name}\n\n{status[name]}: no table yet.\n")
             continue
+        pending = [f"`{s}` ({done[s]}/{settings.seeds} seeds)" for s in settings.strategies if s not in complete]
+        settings = dataclasses.replace(settings, strategies=complete)
         runs = load_runs(settings)
         summary = summarise(settings, runs)
         atomic_write_json(Path(settings.record) / "summary.json", summary)
         atomic_write_text(Path(settings.record) / "config.yaml", to_yaml(settings))
-        sections.append(experiment_table(name, plan["experiments"][name].get("description"), settings, summary))
+        sections.append(experiment_table(name, plan["experiments"][name].get("description"), settings, summary)
+                        + (f"\nStill to run: {', '.join(pending)}.\n" if pending else ""))
         sections.append(efficiency_table(settings, runs))
-        status[name] = "table"
+        status[name] = "table" if not pending else f"table of {len(complete)} of {len(done)} strategies"
     out = Path(config.results) / "TABLES.md"
     header = ["# Tables rebuilt from the recorded runs", "",
               f"Made by `marsrm experiment --action tables --plan {config.plan}` from `{config.results}/` alone. "
@@ -175,14 +187,17 @@ def write_tables(config: ExperimentConfig, plan: dict, names: list[str], echo=pr
               "the same held-out pairs; the interval redraws both the pairs and the seeds (two-level bootstrap); "
               "MDE: the smallest difference this design detects with 80% power. Concentration: the last round's "
               "effective sample size (pairs' worth of budget) and the budget share of the lowest-|Δ| decile "
-              "(signed Δ for `mars-signed`).", ""]
+              "(signed Δ for `mars-signed` and `shuffled-mars-signed`).", ""]
     atomic_write_text(out, "\n".join(header + sections))
-    echo(f"wrote {out} ({sum(v == 'table' for v in status.values())} tables)")
+    echo(f"wrote {out} ({sum(v.startswith('table') for v in status.values())} tables)")
     return status
 
 
 def experiment_table(name: str, description: str | None, settings, summary: dict) -> str:
     """One experiment's markdown section: accuracy, the paired difference, its power, and concentration."""
+    from marsrm.allocate import STRATEGIES
+    from marsrm.report import aim_lines
+
     baseline = summary["baseline"]
     tau = "default" if settings.tau is None else f"{settings.tau:g}"
     lines = [f"## {name}", ""]
@@ -209,13 +224,16 @@ def experiment_table(name: str, description: str | None, settings, summary: dict
             row += ["—", "—", "—", "—"]
         allocation = entry.get("allocation") or {}
         ess = allocation.get("effective_sample_size")
-        share_key = "lowest_signed_decile_budget_share" if strategy == "mars-signed" else "lowest_decile_budget_share"
+        signed = strategy in STRATEGIES and STRATEGIES[strategy].signed
+        share_key = "lowest_signed_decile_budget_share" if signed else "lowest_decile_budget_share"
         share = allocation.get(share_key)
         row += [f"{ess[-1]:.0f}" if ess and ess[-1] else "—", f"{share[-1]:.3f}" if share and ess and ess[-1] else "—"]
         lines.append("| " + " | ".join(row) + " |")
     length = next(iter(summary["strategies"].values())).get("length_baseline_accuracy")
     if length is not None:
         lines += ["", f"“Longer response wins” on the same pairs: {length:.4f}."]
+    if aim_lines(summary):
+        lines += [""] + [f"- {line}" for line in aim_lines(summary)]
     return "\n".join(lines) + "\n"
 
 
