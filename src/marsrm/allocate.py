@@ -223,6 +223,8 @@ class Strategy:
     reweights_base: weight the base pairs' loss by `adaboost_weights`.
     signed: allocates by the signed margin (mis-ranked pairs first), so its concentration is read on the
         signed margins rather than on |Δ|.
+    control_for: the strategy whose concentration this one spends on random pairs (a shuffled control), so a
+        comparison of the two measures what aiming the budget did.
     """
 
     name: str
@@ -233,6 +235,7 @@ class Strategy:
     pseudo_labels: bool = False
     reweights_base: bool = False
     signed: bool = False
+    control_for: str | None = None
 
     @property
     def defaults(self) -> dict:
@@ -252,9 +255,9 @@ STRATEGIES: dict[str, Strategy] = {
         Strategy("mars", mars, "MARS v1: softmax(-tau·|margin|)"),
         Strategy("mars-signed", mars_signed, "MARS v2: softmax(-tau·margin), mis-ranked pairs first", signed=True),
         Strategy("shuffled-mars", shuffled_mars, "control: mars' weights on margins permuted across pairs "
-                 "(the same concentration, no aim)"),
+                 "(the same concentration, no aim)", control_for="mars"),
         Strategy("shuffled-mars-signed", shuffled_mars_signed, "control: mars-signed's weights on margins "
-                 "permuted across pairs", signed=True),
+                 "permuted across pairs", signed=True, control_for="mars-signed"),
         Strategy("uniform", uniform, "the same budget for every pair"),
         Strategy("west-of-n", uniform, "uniform budget; each pair's highest-margin variants",
                  selects_by_variant_margin=True),

@@ -253,8 +253,9 @@ def write_report(config, summary: dict, runs: dict) -> Path:
             diff = entry["vs_baseline"]["accuracy_difference"]
             lines.append(f"| {strategy} | {diff['value']:+.4f} | [{diff['low']:+.4f}, {diff['high']:+.4f}] | "
                          f"{entry['vs_baseline']['seeds_won']:.2f} |")
-    if aim_lines(summary):
-        lines += ["", "## Aim against concentration", ""] + [f"- {line}" for line in aim_lines(summary)]
+    aim = aim_lines(summary)
+    if aim:
+        lines += ["", "## Aim against concentration", ""] + [f"- {line}" for line in aim]
     lines += ["", "## Plots", ""] + [f"![{p}]({p})" for p in plots]
     if "bon" in summary:
         bon = summary["bon"]

@@ -489,7 +489,9 @@ def results_table(results: dict) -> str:
                 lines.append("| " + " | ".join(row) + " |")
         lines.append("")
 
-    twins = [(n, f"shuffled-{n}") for n in settings["strategies"] if f"shuffled-{n}" in settings["strategies"]]
+    twins = [(aimed, control) for control in settings["strategies"] for aimed in settings["strategies"]
+             if CONTENDERS[aimed][:2] == (alloc.get_strategy(CONTENDERS[control][0]).control_for,
+                                          CONTENDERS[control][1]) and not CONTENDERS[aimed][2]]
     if twins:
         lines += ["### Aim against concentration", "",
                   "Each concentrated contender against its shuffled twin (the same concentration, allocated by the "

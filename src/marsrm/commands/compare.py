@@ -272,8 +272,8 @@ def summarise(config: CompareConfig, runs: dict | None = None) -> dict:
                                     "seeds_tied": float(np.mean(np.array(ours) == np.array(theirs)))}
         summary["strategies"][strategy] = entry
     for control in runs:  # a shuffled control beside its twin: how much of the twin's result is aim
-        twin = control.removeprefix("shuffled-")
-        if twin != control and twin in runs:
+        twin = alloc.get_strategy(control).control_for
+        if twin in runs:
             summary["strategies"][control]["aim"] = {
                 "aimed": twin, "accuracy_difference_over_seeds": metrics.paired_seed_bootstrap(
                     right[twin], right[control], n_resamples=config.n_resamples, seed=config.seed)}

@@ -232,8 +232,9 @@ def experiment_table(name: str, description: str | None, settings, summary: dict
     length = next(iter(summary["strategies"].values())).get("length_baseline_accuracy")
     if length is not None:
         lines += ["", f"“Longer response wins” on the same pairs: {length:.4f}."]
-    if aim_lines(summary):
-        lines += [""] + [f"- {line}" for line in aim_lines(summary)]
+    aim = aim_lines(summary)
+    if aim:
+        lines += [""] + [f"- {line}" for line in aim]
     return "\n".join(lines) + "\n"
 
 
