@@ -26,6 +26,8 @@ $(STAMP): pyproject.toml Makefile
 	# AVX-512 faults on machines (or VMs) without them, and pip's wheel cache would hand that build on.
 	test -f $(LLAMA_STAMP) || { CMAKE_ARGS="$(LLAMA_CMAKE)" $(BIN)/pip install -q --no-cache-dir --force-reinstall \
 		--no-deps "llama-cpp-python>=0.3" && $(BIN)/pip install -q "llama-cpp-python[server]>=0.3" && touch $(LLAMA_STAMP); }
+	# ...and a second build for CPUs with AVX-512 BF16 (×1.5 faster there), loaded only where the CPU runs it
+	VENV=$(VENV) scripts/build_llama_avx512.sh
 	# WordNet for the lexical paraphraser (Debian/Ubuntu, as root); skipped when already there
 	test -f /usr/share/wordnet/data.noun || { apt-get update -q && apt-get install -y -q --no-install-recommends \
 		wordnet-base wordnet-sense-index; } || echo "note: WordNet not installed; the lexical paraphraser needs it"

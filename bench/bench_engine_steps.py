@@ -51,14 +51,14 @@ def convert(source: Path, weights: str, directory: Path) -> Path:
 
 
 def step_times(path: Path, cache: str, rows: int, prefix: list[int], prompt: list[int], threads: int) -> dict:
-    from marsrm.llamacpp import TEMPLATES, LlamaEngine, _llama
+    from marsrm.llamacpp import FIRST_SLOT, LlamaEngine, _llama
 
     llama = _llama()
     engine = LlamaEngine(path, weights="as-is", slots=rows, threads=threads, cache=cache)
     engine._context(len(prefix), len(prompt), 64, 1)
     llama.llama_memory_clear(engine.memory, True)
     engine._decode([(t, i, 0, False) for i, t in enumerate(prefix)])
-    slots = [TEMPLATES + 1 + k for k in range(rows)]
+    slots = [FIRST_SLOT + k for k in range(rows)]
     P = len(prefix)
     llama.llama_memory_seq_cp(engine.memory, 0, slots[0], -1, -1)
     started = time.perf_counter()
@@ -80,7 +80,7 @@ def step_times(path: Path, cache: str, rows: int, prefix: list[int], prompt: lis
 def batch_dependence(path: Path, cache: str, prefix: list[int], prompts: list[list[int]], threads: int) -> float:
     """The largest |logit difference| between a prompt's next-token logits decoded in one step with all of
     `prompts` and decoded alone (0.0: a row does not depend on its neighbours)."""
-    from marsrm.llamacpp import TEMPLATES, LlamaEngine, _llama
+    from marsrm.llamacpp import FIRST_SLOT, LlamaEngine, _llama
 
     llama = _llama()
     engine = LlamaEngine(path, weights="as-is", slots=len(prompts), threads=threads, cache=cache)
@@ -91,10 +91,11 @@ def batch_dependence(path: Path, cache: str, prefix: list[int], prompts: list[li
         engine._decode([(t, i, 0, False) for i, t in enumerate(prefix)])
         P = len(prefix)
         for k, j in enumerate(chosen):
-            llama.llama_memory_seq_cp(engine.memory, 0, TEMPLATES + 1 + k, -1, -1)
-            engine._decode([(t, P + i, TEMPLATES + 1 + k, False) for i, t in enumerate(prompts[j])])
-        out = engine._decode([(42, P + len(prompts[j]), TEMPLATES + 1 + k, True) for k, j in enumerate(chosen)])
-        return {j: out[TEMPLATES + 1 + k] for k, j in enumerate(chosen)}
+            llama.llama_memory_seq_cp(engine.memory, 0, FIRST_SLOT + k, -1, -1)
+            engine._decode([(t, P + i, FIRST_SLOT + k, False) for i, t in enumerate(prompts[j])])
+        out = engine._decode([(42, P + len(prompts[j]), FIRST_SLOT + k, True) for k, j in enumerate(chosen)],
+                             step=True)  # as the engine's steps (a lone row gets its spare row beside it)
+        return {j: out[FIRST_SLOT + k] for k, j in enumerate(chosen)}
 
     together = logits(list(range(len(prompts))))
     worst = max(float(np.abs(logits([j])[j] - together[j]).max()) for j in range(0, len(prompts), 5))
@@ -108,8 +109,14 @@ def main(argv=None) -> int:
     parser.add_argument("--caches", default="per-row,shared")
     parser.add_argument("--rows", default="8,16,32,64")
     parser.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)))
+    parser.add_argument("--kernels", default="auto", help="llama.cpp's kernels: auto, portable or avx512-bf16")
     parser.add_argument("--output", default="runs/bench/engine-steps.json")
     args = parser.parse_args(argv)
+
+    from marsrm.llamacpp import _llama, resolve_kernels
+
+    kernels = resolve_kernels(args.kernels)
+    _llama(kernels)  # loaded first, so every engine below runs these kernels
 
     from marsrm.io import atomic_write_json
     from marsrm.lm import smollm2_path
@@ -122,9 +129,9 @@ def main(argv=None) -> int:
     prefix, prompt = paraphraser._prefix(task.kind)[1][0].tolist(), paraphraser._rows(task)
     prompts = [paraphraser._rows(Task(text, 0)) for text in TEXTS for _ in range(6)]
     paraphraser.close()
-    results = {"cpu": cpu_name(), "cores": len(os.sched_getaffinity(0)), "threads": args.threads,
+    results = {"cpu": cpu_name(), "cores": len(os.sched_getaffinity(0)), "threads": args.threads, "kernels": kernels,
                "prefix_tokens": len(prefix), "prompt_tokens": len(prompt), "runs": []}
-    print(f"{results['cpu']}, {args.threads} threads; prefix {len(prefix)} + prompt {len(prompt)} tokens", flush=True)
+    print(f"{results['cpu']}, {args.threads} threads, {kernels} kernels; prefix {len(prefix)} + prompt {len(prompt)} tokens", flush=True)
     with tempfile.TemporaryDirectory() as directory:
         for weights in args.weights.split(","):
             path = convert(smollm2_path(), weights, Path(directory))

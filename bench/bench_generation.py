@@ -8,10 +8,13 @@ kept share within a few points.
 
   transformers   today's `local` backend: static batches of 16 rows, its default dtype (bf16 where the CPU
                  has native bf16, else fp32)
-  llama.cpp      continuous batching through llama-cpp-python, 32 slots, weights converted to Q8_0, a KV cache
-                 of its own per row (the default)
-  llama.cpp:X    the same with weights X (f16, as-is) or the cache layout X (shared: one cache for all rows, the
-                 previous default); several as llama.cpp:as-is:shared
+  llama.cpp      continuous batching through llama-cpp-python, 32 slots, a KV cache of its own per row, the
+                 default kernels and weights: the AVX-512 BF16 build with BF16 weights where the CPU runs it,
+                 else the portable (AVX2) build with Q8_0 weights
+  llama.cpp:X    the same with weights X (q8_0, bf16, f16, as-is), kernels X (portable, avx512-bf16) or the cache
+                 layout X (shared: one cache for all rows); several as llama.cpp:portable:q8_0
+
+Each configuration runs in a fresh process of its own (a process loads one set of llama.cpp kernels).
 
 `--busy` repeats each configuration with one CPU-bound process beside it (a busy loop in another process, as
 a laptop running something else), for the "no worse than half the idle rate" target.
@@ -54,17 +57,27 @@ def _spin(stop) -> None:
 
 
 def engine_options(spec: str) -> dict:
-    """{"engine": …, "weights": …, "kv_cache": …} of a configuration such as "llama.cpp:as-is:shared"."""
-    from marsrm.llamacpp import CACHES, WEIGHTS
+    """{"engine": …, "weights": …, "kernels": …, "kv_cache": …} of a configuration such as "llama.cpp:portable:q8_0"."""
+    from marsrm.llamacpp import CACHES, KERNELS, WEIGHTS
 
     engine, *options = spec.split(":")
     out = {"engine": engine}
+    kinds = {**{w: "weights" for w in WEIGHTS}, **{k: "kernels" for k in KERNELS if k != "auto"},
+             **{c: "kv_cache" for c in CACHES}}
     for option in options:
-        if option not in WEIGHTS + CACHES:
-            raise SystemExit(f"--engines: '{option}' in '{spec}' is neither weights ({', '.join(WEIGHTS)}) nor a "
-                             f"cache layout ({', '.join(CACHES)})")
-        out["weights" if option in WEIGHTS else "kv_cache"] = option
+        if option not in kinds:
+            raise SystemExit(f"--engines: '{option}' in '{spec}' is none of weights ({', '.join(WEIGHTS)}), kernels "
+                             f"({', '.join(KERNELS[1:])}) or a cache layout ({', '.join(CACHES)})")
+        out[kinds[option]] = option
     return out
+
+
+def in_own_process(function, *args):
+    """function(*args) in a fresh process (spawned, so that it loads its own llama.cpp kernels)."""
+    from concurrent.futures import ProcessPoolExecutor
+
+    with ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn")) as pool:
+        return pool.submit(function, *args).result()
 
 
 def build(spec: str, model: str | None):
@@ -84,7 +97,7 @@ def timed(paraphraser, texts, n) -> dict:
     if stats0 is not None:  # llama.cpp: where the time went
         d = {k: engine.stats[k] - stats0[k] for k in stats0}
         steps = max(d["step_calls"], 1)
-        out["engine"] = {
+        out["engine"] = {"kernels": engine.kernels, "weights": engine.weights,
             "decode_seconds": round(d["decode_seconds"], 2),
             "steps": d["step_calls"], "step_seconds": round(d["step_seconds"], 2),
             "mean_rows_per_step": round(d["step_tokens"] / steps, 1),
@@ -99,29 +112,64 @@ def timed(paraphraser, texts, n) -> dict:
 
 def bon_sampling(args, specs) -> dict:
     """Seconds and tokens/s of 16 policy samples for each of the first `--bon-prompts` held-out prompts."""
-    import tempfile
-
-    from marsrm.bon import Policy, generate_samples, held_out_prompts
+    from marsrm.bon import held_out_prompts
     from marsrm.pipeline import DataSettings
 
     prompts = held_out_prompts(DataSettings(data=args.data, train_size=1000), args.bon_prompts, echo=lambda *_: None)
     out = {}
     for spec in specs:
-        policy = Policy(args.model or "smollm2", **engine_options(spec))
-        policy.load()
-        with tempfile.TemporaryDirectory() as directory:
-            generate_samples(prompts[:1], 2, policy, directory, seed=99, echo=lambda *_: None)  # warm-up
-        with tempfile.TemporaryDirectory() as directory:
-            wall = time.perf_counter()
-            generate_samples(prompts, 16, policy, directory, echo=lambda *_: None)
-            wall = time.perf_counter() - wall
-            tokens = sum(json.loads(line)["tokens"] for line in open(f"{directory}/samples.jsonl", encoding="utf-8"))
+        wall, tokens = in_own_process(bon_timed, spec, args.model, prompts)
         out[spec] = {"prompts": len(prompts), "samples": 16 * len(prompts), "seconds": round(wall, 1),
                      "tokens_per_s": round(tokens / wall, 1),
                      "minutes_for_215": round(wall / len(prompts) * 215 / 60, 1)}
         print(f"{spec:>18}: best-of-N {16 * len(prompts)} samples in {wall:.0f} s ({tokens / wall:.1f} tok/s); "
               f"215 prompts × 16 at this rate: {out[spec]['minutes_for_215']} min", flush=True)
     return out
+
+
+def bon_timed(spec: str, model: str | None, prompts) -> tuple[float, int]:
+    """(seconds, tokens) of 16 samples per prompt with one configuration, after a warm-up."""
+    import tempfile
+
+    from marsrm.bon import Policy, generate_samples
+
+    policy = Policy(model or "smollm2", **engine_options(spec))
+    policy.load()
+    with tempfile.TemporaryDirectory() as directory:
+        generate_samples(prompts[:1], 2, policy, directory, seed=99, echo=lambda *_: None)  # warm-up
+    with tempfile.TemporaryDirectory() as directory:
+        wall = time.perf_counter()
+        generate_samples(prompts, 16, policy, directory, echo=lambda *_: None)
+        wall = time.perf_counter() - wall
+        tokens = sum(json.loads(line)["tokens"] for line in open(f"{directory}/samples.jsonl", encoding="utf-8"))
+    return wall, tokens
+
+
+def measure(spec: str, model: str | None, texts: list[str], n: int, busy: bool) -> dict:
+    """One configuration: a warm-up call (and the weights' conversion) outside the timing, the timed call, and
+    with `busy` the same call again beside one CPU-bound process."""
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()
+    paraphraser = build(spec, model)
+    paraphraser.load()
+    paraphraser.paraphrase(texts[:2], 2, seed=99)
+    run = timed(paraphraser, texts, n)
+    if busy:
+        stop = multiprocessing.Event()
+        hog = multiprocessing.Process(target=_spin, args=(stop,), daemon=True)
+        hog.start()
+        time.sleep(1.0)
+        run["busy"] = timed(paraphraser, texts, n)
+        stop.set()
+        hog.join()
+        run["busy"].pop("outputs")
+    if getattr(paraphraser, "engine", None) is not None:
+        from marsrm.llamacpp import system_info
+
+        run["system_info"] = system_info()
+    paraphraser.close()
+    return run
 
 
 def main(argv=None) -> int:
@@ -149,25 +197,11 @@ def main(argv=None) -> int:
     print(f"{cpu_name()}, {len(os.sched_getaffinity(0))} cores; {len(texts)} texts × n={args.n}", flush=True)
     results = {"cpu": cpu_name(), "cores": len(os.sched_getaffinity(0)), "texts": len(texts), "n": args.n, "runs": {}}
     for spec in [s.strip() for s in args.engines.split(",") if s.strip()]:
-        paraphraser = build(spec, args.model)
-        paraphraser.load()
-        paraphraser.paraphrase(texts[:2], 2, seed=99)  # warm-up (and weight conversion), outside the timing
-        run = timed(paraphraser, texts, args.n)
+        run = in_own_process(measure, spec, args.model, texts, args.n, args.busy)
         reasons, _ = judge(texts, run.pop("outputs"), FilterSettings(), embed)
         counts = count_reasons(reasons)
         run["kept_share"] = round(counts["kept"] / sum(counts.values()), 4)
         run["filter"] = counts
-        if args.busy:
-            stop = multiprocessing.Event()
-            hog = multiprocessing.Process(target=_spin, args=(stop,), daemon=True)
-            hog.start()
-            time.sleep(1.0)
-            busy = timed(paraphraser, texts, args.n)
-            stop.set()
-            hog.join()
-            busy.pop("outputs")
-            run["busy"] = busy
-        paraphraser.close()
         results["runs"][spec] = run
         print(f"{spec:>18}: {run['tokens_per_s']:7.1f} tok/s ({run['tokens']} tokens, {run['seconds']} s), kept "
               f"{run['kept_share']:.1%}" + (f"; beside a busy process {run['busy']['tokens_per_s']:.1f} tok/s"

@@ -166,6 +166,8 @@ def main(argv=None) -> int:
         if backend == "local":
             run["engine"] = paraphraser.engine_name
             run["batch_size"] = paraphraser.batch_size
+            if paraphraser.engine_name == "llama.cpp":
+                run["kernels"], run["weights"] = paraphraser.engine.kernels, paraphraser.engine.weights
         results["runs"][backend] = run
         print(f"{backend}: {run}", flush=True)
         if args.samples:

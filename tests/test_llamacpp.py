@@ -7,7 +7,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from marsrm.llamacpp import EngineError, LlamaEngine, _Row, _Sampler, banned_tokens, converted_weights, parse_threads
+from marsrm import llamacpp
+from marsrm.llamacpp import (AVX512_BF16_FLAGS, EngineError, LlamaEngine, _Row, _Sampler, avx512_unavailable,
+                             banned_tokens, converted_weights, parse_threads, resolve_kernels, resolve_weights)
 from marsrm.lm import LMError, choose_engine, smollm2_path
 from marsrm.pool.local import LocalParaphraser
 from marsrm.pool.paraphrase import PoolError
@@ -55,15 +57,116 @@ def test_the_paraphraser_refuses_bad_engine_settings_before_any_work(kwargs, nam
 
 
 def test_the_engine_is_part_of_the_paraphrasers_identity():
-    llama, hf = LocalParaphraser(), LocalParaphraser(engine="transformers", dtype="fp32")
+    llama, hf = LocalParaphraser(kernels="portable"), LocalParaphraser(engine="transformers", dtype="fp32")
     assert llama.engine_name == "llama.cpp" and hf.engine_name == "transformers"
-    assert llama.settings()["engine"] == "llama.cpp" and llama.settings()["weights"] == "q8_0"
+    # the portable kernels with q8_0 add nothing to what caches were keyed by before there was a choice of kernels
+    assert {k: llama.settings()[k] for k in ("engine", "weights", "cache")} == \
+        {"engine": "llama.cpp", "weights": "q8_0", "cache": "per-row"} and "kernels" not in llama.settings()
     assert "engine" not in hf.settings()  # transformers' settings are those caches were keyed by before engines
     assert LocalParaphraser(weights="f16").settings() != llama.settings()
     assert LocalParaphraser(kv_cache="shared").settings() != llama.settings()
-    assert LocalParaphraser(batch_size=8, threads=1).settings() == llama.settings()
+    assert LocalParaphraser(batch_size=8, threads=1, kernels="portable").settings() == llama.settings()
     # a text's outputs do not depend on its batch with the per-row cache, so a stopped build keeps finished texts
     assert llama.batch_invariant and not LocalParaphraser(kv_cache="shared").batch_invariant
+
+
+def _cpu(missing=()):
+    return set(AVX512_BF16_FLAGS) - set(missing) | {"sse4_2", "avx"}
+
+
+def _build(tmp_path, version):
+    (tmp_path / "libllama.so").write_bytes(b"")
+    (tmp_path / "VERSION").write_text(f"{version}\n")
+    return tmp_path
+
+
+def test_the_avx512_kernels_run_only_on_a_cpu_with_every_instruction_and_a_matching_build(tmp_path):
+    import importlib.metadata
+
+    installed = importlib.metadata.version("llama_cpp_python")
+    build = _build(tmp_path, installed)
+    assert avx512_unavailable(_cpu(), build) is None
+    assert avx512_unavailable(_cpu(missing=["avx512_bf16"]), build) == "this CPU lacks avx512_bf16"
+    assert "avx512vbmi, avx512_vnni" in avx512_unavailable(_cpu(missing=["avx512_vnni", "avx512vbmi"]), build)
+    assert "holds no AVX-512 build" in avx512_unavailable(_cpu(), tmp_path / "absent")
+    (tmp_path / "stale").mkdir()
+    stale = _build(tmp_path / "stale", "0.0.1")
+    assert f"built for llama-cpp-python 0.0.1, but {installed} is installed" in avx512_unavailable(_cpu(), stale)
+
+
+def test_auto_kernels_fall_back_to_portable_where_avx512_cannot_run_and_asking_for_it_there_is_refused(
+        tmp_path, monkeypatch):
+    import importlib.metadata
+
+    monkeypatch.setattr(llamacpp, "_BACKEND", {})  # nothing loaded yet: auto decides from the CPU and the build
+    build = _build(tmp_path, importlib.metadata.version("llama_cpp_python"))
+    assert resolve_kernels("auto", flags=_cpu(), build=build) == "avx512-bf16"
+    assert resolve_kernels("avx512-bf16", flags=_cpu(), build=build) == "avx512-bf16"
+    assert resolve_kernels("auto", flags=_cpu(missing=["avx512f"]), build=build) == "portable"
+    assert resolve_kernels("portable", flags=_cpu(), build=build) == "portable"
+    with pytest.raises(EngineError, match="setting 'kernels': avx512-bf16 cannot run here: this CPU lacks avx512f"):
+        resolve_kernels("avx512-bf16", flags=_cpu(missing=["avx512f"]), build=build)
+    with pytest.raises(EngineError, match="setting 'kernels': 'avx3'"):
+        resolve_kernels("avx3")
+    monkeypatch.setattr(llamacpp, "_BACKEND", {"kernels": "portable"})  # auto follows what this process loaded
+    assert resolve_kernels("auto", flags=_cpu(), build=build) == "portable"
+
+
+def test_auto_weights_are_bf16_on_the_avx512_kernels_and_q8_0_on_the_portable_ones():
+    assert resolve_weights("auto", "avx512-bf16") == "bf16" and resolve_weights("auto", "portable") == "q8_0"
+    assert resolve_weights("f16", "avx512-bf16") == "f16" and resolve_weights("as-is", "portable") == "as-is"
+    with pytest.raises(EngineError, match="setting 'weights': 'q2_k'"):
+        resolve_weights("q2_k", "portable")
+
+
+def test_the_kernels_are_part_of_the_engines_identity_unless_portable():
+    portable = LlamaEngine(smollm2_path(), kernels="portable")
+    assert portable.identity() == {"engine": "llama.cpp", "weights": "q8_0", "cache": "per-row"}
+    if avx512_unavailable() is None:
+        fast = LlamaEngine(smollm2_path(), kernels="avx512-bf16")
+        assert fast.identity() == {"engine": "llama.cpp", "weights": "bf16", "cache": "per-row",
+                                   "kernels": "avx512-bf16"}
+
+
+KERNELS_SCRIPT = textwrap.dedent("""
+    import json, sys
+    from marsrm.llamacpp import EngineError, LlamaEngine, _llama, system_info
+    from marsrm.lm import smollm2_path
+    kernels = sys.argv[1]
+    _llama(kernels)
+    engine = LlamaEngine(smollm2_path(), kernels="auto", slots=4)  # auto: the kernels this process loaded
+    engine.load()
+    other = "portable" if kernels == "avx512-bf16" else "avx512-bf16"
+    try:
+        _llama(other)
+        refused = ""
+    except EngineError as err:
+        refused = str(err)
+    print(json.dumps({"info": system_info(), "kernels": engine.kernels, "weights": engine.weights,
+                      "refused": refused}))
+""")
+
+
+@pytest.mark.parametrize("kernels", ["portable", "avx512-bf16"])
+def test_a_process_loads_the_kernels_asked_for_and_refuses_a_second_set(tmp_path, kernels):
+    import json
+    import subprocess
+    import sys
+
+    if kernels == "avx512-bf16" and avx512_unavailable() is not None:
+        pytest.skip(f"AVX-512 BF16 kernels cannot run here: {avx512_unavailable()}")
+    script = tmp_path / "kernels.py"
+    script.write_text(KERNELS_SCRIPT)
+    done = subprocess.run([sys.executable, str(script), kernels], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    report = json.loads(done.stdout.strip().splitlines()[-1])
+    assert report["kernels"] == kernels
+    assert report["weights"] == ("bf16" if kernels == "avx512-bf16" else "q8_0")
+    # llama.cpp's own account of the instructions compiled into the kernels it runs
+    assert ("AVX512_BF16 = 1" in report["info"]) == (kernels == "avx512-bf16")
+    assert "AVX2 = 1" in report["info"]
+    # the other set is refused in this process (or, for avx512-bf16 where it cannot run, anywhere here)
+    assert ("can load only one set" if avx512_unavailable() is None else "cannot run here") in report["refused"]
 
 
 def test_augment_refuses_a_bad_thread_count_naming_it():
@@ -105,12 +208,13 @@ def test_temperature_zero_is_greedy_and_the_penalties_apply():
 
 # --- SmolLM2 for real --------------------------------------------------------------------------------------
 
-def test_weights_are_converted_once_and_cached_atomically(tmp_path, monkeypatch):
+@pytest.mark.parametrize("weights", ["q8_0", "bf16"])
+def test_weights_are_converted_once_and_cached_atomically(tmp_path, monkeypatch, weights):
     monkeypatch.setenv("MARSRM_CACHE", str(tmp_path))
-    first = converted_weights(smollm2_path(), "q8_0")
-    assert first.is_file() and first.parent == tmp_path / "gguf"
+    first = converted_weights(smollm2_path(), weights)
+    assert first.is_file() and first.parent == tmp_path / "gguf" and first.name.endswith(f".{weights}.gguf")
     stamp = first.stat().st_mtime_ns
-    assert converted_weights(smollm2_path(), "q8_0") == first and first.stat().st_mtime_ns == stamp
+    assert converted_weights(smollm2_path(), weights) == first and first.stat().st_mtime_ns == stamp
     assert not list(first.parent.glob(".*partial"))
     assert converted_weights(smollm2_path(), "as-is") == smollm2_path()
 

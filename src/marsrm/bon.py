@@ -185,8 +185,8 @@ class Policy:
     def __init__(self, model: str | None = "smollm2", *, temperature: float = 0.7, top_p: float = 0.95,
                  top_k: int = 50, max_new_tokens: int = 128, max_prompt_tokens: int = 512,
                  batch_size: int | None = None, dtype: str = "auto", device: str | None = None,
-                 trust_remote_code: bool = False, engine: str = "auto", weights: str = "q8_0",
-                 threads: str | int = "auto", kv_cache: str = "per-row"):
+                 trust_remote_code: bool = False, engine: str = "auto", weights: str = "auto",
+                 threads: str | int = "auto", kv_cache: str = "per-row", kernels: str = "auto"):
         from marsrm.lm import choose_engine, resolve_model
         from marsrm.runtime import default_device, resolve_dtype
 
@@ -199,11 +199,11 @@ class Policy:
         self.engine_name = choose_engine(engine, self.gguf_file, self.device)
         self.engine = None
         if self.engine_name == "llama.cpp":
-            from marsrm.llamacpp import DEFAULT_SLOTS, LlamaEngine
+            from marsrm.llamacpp import LlamaEngine
 
             self.engine = LlamaEngine(Path(self.location) / self.gguf_file, weights=weights,
-                                      slots=batch_size or DEFAULT_SLOTS, threads=threads, cache=kv_cache)
-            self.batch_size = batch_size or DEFAULT_SLOTS
+                                      slots=batch_size, threads=threads, cache=kv_cache, kernels=kernels)
+            self.batch_size = self.engine.slots
             self.rows_per_call = 8 * self.batch_size  # the slots refill from these; a kill loses one call at most
         else:
             self.batch_size = self.rows_per_call = batch_size or 16
@@ -213,8 +213,7 @@ class Policy:
         """Everything that decides the samples; stored beside the cache, which refuses other settings."""
         from marsrm.lm import model_identity
 
-        compute = ({"engine": "llama.cpp", "weights": self.engine.weights, "cache": self.engine.cache}
-                   if self.engine is not None
+        compute = (self.engine.identity() if self.engine is not None
                    else {"dtype": self.dtype_name})  # transformers: as before engines existed (caches stay valid)
         return {"model": model_identity(self.location, self.gguf_file), **compute,
                 "temperature": self.temperature, "top_p": self.top_p, "top_k": self.top_k,

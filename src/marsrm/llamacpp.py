@@ -25,9 +25,16 @@ refinement and best-of-N sampling all reach it through `LlamaEngine.generate`.
   its own, and the weights' kernels compute each row on its own), so a row's tokens depend on its prompt, seed
   and budget only, and callers may keep each finished row on resume. With the shared cache they may differ with
   the rows decoded beside it (measured: up to 1.1 in a logit), so callers keep whole calls.
-- Weights: "q8_0" (default) converts the model's GGUF file once with llama.cpp's own quantizer (cached under
-  $MARSRM_CACHE/gguf); its batched kernels are faster than Q4_1's (the format SmolLM2 ships in). "as-is" uses
-  the file unchanged; "f16" converts to float16.
+- Kernels: "portable" is the llama-cpp-python that `make setup` builds for AVX2 (it runs on any x86-64 machine
+  of the last decade); "avx512-bf16" is a second build of the same llama.cpp for CPUs with AVX-512 VNNI and BF16,
+  which `make setup` also compiles and which is loaded only where /proc/cpuinfo lists every instruction it was
+  built for. "auto" (default) takes the second where it can run. A process loads one of them, at its first use.
+- Weights: "auto" (default) is "bf16" with the AVX-512 BF16 kernels (×1.5 faster per batched step there than Q8_0)
+  and "q8_0" otherwise (the fastest format on the portable kernels). Both convert the model's GGUF file once
+  with llama.cpp's own quantizer (cached under $MARSRM_CACHE/gguf); "f16" converts to float16, "as-is" uses the
+  file unchanged (Q4_1, the format SmolLM2 ships in). Kernels and weights both change the round-off, so
+  outputs are the same between machines only with the same pair (`kernels="portable", weights="q8_0"` gives it
+  on every machine).
 - Threads: "auto" adapts between one thread and all usable cores by measured throughput, so a busy machine
   (another job on one of two cores) runs at the speed of the cores it has instead of stalling on spinning threads.
 
@@ -38,7 +45,9 @@ from __future__ import annotations
 
 import ctypes
 import hashlib
+import importlib.metadata
 import os
+import sys
 import threading
 import time
 from collections import deque
@@ -50,10 +59,18 @@ import numpy as np
 from marsrm.config import ConfigError
 from marsrm.features import cache_root
 
-WEIGHTS = ("q8_0", "f16", "as-is")
+WEIGHTS = ("auto", "q8_0", "bf16", "f16", "as-is")
+KERNELS = ("auto", "portable", "avx512-bf16")
+# the instructions the avx512-bf16 build is compiled for (the Makefile's LLAMA_AVX512_CMAKE), as /proc/cpuinfo
+# spells them
+AVX512_BF16_FLAGS = ("avx2", "fma", "f16c", "bmi2", "avx512f", "avx512cd", "avx512vl", "avx512dq", "avx512bw",
+                     "avx512vbmi", "avx512_vnni", "avx512_bf16")
 CACHES = ("per-row", "shared")
-DEFAULT_SLOTS = 32
+DEFAULT_SLOTS = {"portable": 32, "avx512-bf16": 64}  # rows decoded together (by measurement, bench/README.md)
+GGML_TYPE_BF16 = 30  # ggml.h (llama-cpp-python names only some of ggml's types)
 TEMPLATES = 8  # prompts computed ahead of the slots that will copy them
+PAD = TEMPLATES + 1  # the stream of the spare row that keeps a lone row's step at two rows (see `_decode`)
+FIRST_SLOT = PAD + 1  # streams: 0 the prefix, 1..TEMPLATES the templates, PAD, then the slots
 MAX_STREAMS = 256  # llama.cpp's limit on sequences in one context (LLAMA_MAX_SEQ)
 _LOCK = threading.Lock()
 _BACKEND: dict = {}
@@ -63,20 +80,107 @@ class EngineError(ConfigError):
     """llama.cpp cannot run as asked (not installed, a file it cannot read, a prompt too long for the context)."""
 
 
-def _llama():
-    """The llama_cpp module with its backend initialised and its log silenced (once per process)."""
+def avx512_build() -> Path:
+    """The folder of llama.cpp's libraries built for AVX-512 BF16: $MARSRM_LLAMA_AVX512, else where `make setup`
+    puts them (beside the virtual environment's packages)."""
+    return Path(os.environ.get("MARSRM_LLAMA_AVX512") or Path(sys.prefix) / "llama-cpp-avx512")
+
+
+def cpu_flags() -> set[str]:
+    """The instruction-set flags of this machine's CPU (empty where /proc/cpuinfo cannot be read)."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as lines:
+            for line in lines:
+                if line.startswith("flags"):
+                    return set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return set()
+
+
+def _bindings_version() -> str | None:
+    try:
+        return importlib.metadata.version("llama_cpp_python")
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+def avx512_unavailable(flags: set[str] | None = None, build: Path | None = None) -> str | None:
+    """Why the avx512-bf16 kernels cannot run here, or None when they can: a CPU instruction they need is
+    missing, or the build is absent or was made for another version of llama-cpp-python (its C interface)."""
+    flags = cpu_flags() if flags is None else flags
+    missing = [flag for flag in AVX512_BF16_FLAGS if flag not in flags]
+    if missing:
+        return f"this CPU lacks {', '.join(missing)}"
+    build = avx512_build() if build is None else build
+    stamp = build / "VERSION"
+    if not (build / "libllama.so").is_file() or not stamp.is_file():
+        return f"{build} holds no AVX-512 build of llama.cpp (`make setup` compiles it)"
+    version, bindings = stamp.read_text(encoding="utf-8").strip(), _bindings_version()
+    if version != bindings:
+        return f"{build} was built for llama-cpp-python {version}, but {bindings} is installed (`make setup` rebuilds it)"
+    return None
+
+
+def resolve_kernels(kernels: str, *, flags: set[str] | None = None, build: Path | None = None) -> str:
+    """"portable" or "avx512-bf16" for the `kernels` setting: "auto" takes the kernels already loaded in this
+    process, else avx512-bf16 where it can run; asking for avx512-bf16 where it cannot run is an error."""
+    if kernels not in KERNELS:
+        raise EngineError(f"setting 'kernels': '{kernels}' (choose {', '.join(KERNELS)})")
+    if kernels == "portable":
+        return kernels
+    if kernels == "auto" and "kernels" in _BACKEND:
+        return _BACKEND["kernels"]
+    problem = avx512_unavailable(flags, build)
+    if problem is None:
+        return "avx512-bf16"
+    if kernels == "auto":
+        return "portable"
+    raise EngineError(f"setting 'kernels': avx512-bf16 cannot run here: {problem}; choose auto or portable")
+
+
+def resolve_weights(weights: str, kernels: str) -> str:
+    """The weight format for the `weights` setting: "auto" is bf16 on the AVX-512 BF16 kernels, else q8_0."""
+    if weights not in WEIGHTS:
+        raise EngineError(f"setting 'weights': '{weights}' (choose {', '.join(WEIGHTS)})")
+    if weights == "auto":
+        return "bf16" if kernels == "avx512-bf16" else "q8_0"
+    return weights
+
+
+def _llama(kernels: str = "auto"):
+    """The llama_cpp module with its backend initialised and its log silenced, loaded once per process with the
+    `kernels` asked for ("auto" also takes whichever is loaded already)."""
+    kernels = resolve_kernels(kernels)
     with _LOCK:
         if "module" not in _BACKEND:
+            saved = os.environ.get("LLAMA_CPP_LIB_PATH")
+            if kernels == "avx512-bf16":  # llama-cpp-python loads its libraries from here instead of its own
+                os.environ["LLAMA_CPP_LIB_PATH"] = str(avx512_build())
             try:
                 import llama_cpp
             except ImportError as err:
                 raise EngineError("setting 'engine': llama.cpp needs the package llama-cpp-python (`make setup` "
                                   "builds it), or choose engine 'transformers'") from err
+            finally:  # child processes (a llama.cpp server) choose for themselves
+                if saved is None:
+                    os.environ.pop("LLAMA_CPP_LIB_PATH", None)
+                else:
+                    os.environ["LLAMA_CPP_LIB_PATH"] = saved
             callback = llama_cpp.llama_log_callback(lambda level, text, data: None)
             llama_cpp.llama_log_set(callback, None)
             llama_cpp.llama_backend_init()
-            _BACKEND.update(module=llama_cpp, log=callback)  # the callback must outlive every call
+            # the callback must outlive every call
+            _BACKEND.update(module=llama_cpp, log=callback, kernels=kernels)
+        elif kernels != _BACKEND["kernels"]:
+            raise EngineError(f"setting 'kernels': this process runs llama.cpp's {_BACKEND['kernels']} kernels "
+                              f"already and can load only one set; ask for {kernels} in another process")
         return _BACKEND["module"]
+
+
+def system_info() -> str:
+    """llama.cpp's own account of the kernels it runs (the instruction sets compiled in)."""
+    return _llama().llama_print_system_info().decode(errors="replace")
 
 
 def parse_threads(value) -> str | int:
@@ -96,8 +200,8 @@ def converted_weights(path: str | os.PathLike, weights: str) -> Path:
     """The GGUF file to load for `weights`: the file itself ("as-is"), or its conversion, made once and cached
     under $MARSRM_CACHE/gguf keyed by the source's name, size and modification time."""
     path = Path(path)
-    if weights not in WEIGHTS:
-        raise EngineError(f"setting 'weights': '{weights}' (choose {', '.join(WEIGHTS)})")
+    if weights not in WEIGHTS or weights == "auto":
+        raise EngineError(f"setting 'weights': '{weights}' (choose {', '.join(WEIGHTS[1:])})")
     if weights == "as-is":
         return path
     stat = path.stat()
@@ -107,7 +211,8 @@ def converted_weights(path: str | os.PathLike, weights: str) -> Path:
         return target
     llama = _llama()
     params = llama.llama_model_quantize_default_params()
-    params.ftype = {"q8_0": llama.LLAMA_FTYPE_MOSTLY_Q8_0, "f16": llama.LLAMA_FTYPE_MOSTLY_F16}[weights]
+    params.ftype = {"q8_0": llama.LLAMA_FTYPE_MOSTLY_Q8_0, "bf16": llama.LLAMA_FTYPE_MOSTLY_BF16,
+                    "f16": llama.LLAMA_FTYPE_MOSTLY_F16}[weights]
     params.allow_requantize = True
     params.nthread = max(1, len(os.sched_getaffinity(0)))
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -180,14 +285,15 @@ class ThreadTuner:
 class LlamaEngine:
     """Seeded sampling from a GGUF model with continuous batching (see the module docstring)."""
 
-    def __init__(self, path: str | os.PathLike, *, weights: str = "q8_0", slots: int = DEFAULT_SLOTS,
-                 threads: str | int = "auto", cache: str = "per-row"):
-        if weights not in WEIGHTS:
-            raise EngineError(f"setting 'weights': '{weights}' (choose {', '.join(WEIGHTS)})")
+    def __init__(self, path: str | os.PathLike, *, weights: str = "auto", slots: int | None = None,
+                 threads: str | int = "auto", cache: str = "per-row", kernels: str = "auto"):
+        self.kernels = resolve_kernels(kernels)
+        weights = resolve_weights(weights, self.kernels)
+        slots = slots or DEFAULT_SLOTS[self.kernels]
         if cache not in CACHES:
             raise EngineError(f"setting 'cache': '{cache}' (choose {', '.join(CACHES)})")
-        if not 1 <= slots <= MAX_STREAMS - 1 - TEMPLATES:
-            raise EngineError(f"setting 'batch_size': between 1 and {MAX_STREAMS - 1 - TEMPLATES} slots with "
+        if not 1 <= slots <= MAX_STREAMS - FIRST_SLOT:
+            raise EngineError(f"setting 'batch_size': between 1 and {MAX_STREAMS - FIRST_SLOT} slots with "
                               f"llama.cpp (got {slots})")
         threads = parse_threads(threads)
         cores = max(1, len(os.sched_getaffinity(0)))
@@ -201,11 +307,17 @@ class LlamaEngine:
         self.stats = {"decode_calls": 0, "decode_seconds": 0.0, "tokens_in": 0, "tokens_out": 0, "step_calls": 0,
                       "step_seconds": 0.0, "step_tokens": 0, "moves": 0}
 
+    def identity(self) -> dict:
+        """What of this engine decides its outputs, for a cache's settings. The portable kernels add no key, so
+        caches made before there was a choice of kernels stay valid."""
+        kernels = {} if self.kernels == "portable" else {"kernels": self.kernels}
+        return {"engine": "llama.cpp", "weights": self.weights, "cache": self.cache, **kernels}
+
     # -- the model and its context -------------------------------------------------------------------
 
     def load(self):
         if self.model is None:
-            llama = _llama()
+            llama = _llama(self.kernels)
             path = converted_weights(self.source, self.weights)
             params = llama.llama_model_default_params()
             self.model = llama.llama_model_load_from_file(str(path).encode(), params)
@@ -231,7 +343,7 @@ class LlamaEngine:
         if need > self.n_train:
             raise EngineError(f"a prompt plus its token budget needs {need} tokens; the model's context is "
                               f"{self.n_train} (shorten the prompt, or lower max_new_tokens)")
-        streams = 1 + TEMPLATES + self.slots
+        streams = FIRST_SLOT + self.slots
         if self.cache == "per-row":
             cells = -(-need // 256) * 256  # per stream
         else:
@@ -246,6 +358,8 @@ class LlamaEngine:
         params.n_batch = params.n_ubatch = max(512, -(-width // 256) * 256)
         # flash attention is off: its CPU kernel's sums depend on the thread count, which `threads="auto"` changes
         params.flash_attn_type = llama.LLAMA_FLASH_ATTN_TYPE_DISABLED
+        if self.kernels == "avx512-bf16":  # the attention's dot products in BF16 as well (×1.1 there)
+            params.type_k = params.type_v = GGML_TYPE_BF16
         params.n_threads = params.n_threads_batch = self.tuner.current
         self.ctx = llama.llama_init_from_model(self.model, params)
         if not self.ctx:
@@ -300,7 +414,7 @@ class LlamaEngine:
         alive: set[int] = set()  # ids of the templates whose prompt cells are in use
         waiting = deque(groups.values())
         free_templates = list(range(TEMPLATES, 0, -1))
-        free_slots = list(range(TEMPLATES + 1, TEMPLATES + self.slots + 1))  # the lowest free one is taken first
+        free_slots = list(range(FIRST_SLOT, FIRST_SLOT + self.slots))  # the lowest free one is taken first
         filling: dict[int, _Template] = {}  # template stream → template (decoded, rows still to start)
         active: dict[int, _Row] = {}  # slot stream → row
         out: list[tuple[list[int], bool] | None] = [None] * len(rows)
@@ -397,9 +511,18 @@ class LlamaEngine:
             finish(slot, row, False)
 
     def _decode(self, entries: list[tuple[int, int, int, bool]], step: bool = False) -> dict[int, np.ndarray]:
-        """One llama_decode call over (token, position, stream, wants logits) entries; {stream: logits copy}."""
+        """One llama_decode call over (token, position, stream, wants logits) entries; {stream: logits copy}.
+
+        A step of one row gets a spare row beside it, in the stream just below the slots, its logits asked for
+        and dropped: llama.cpp multiplies a one-row batch (and a batch with one output) by the weights with other
+        kernels than two rows or more (its matrix-multiply routine starts at two), whose round-off differs in
+        BF16, so without it a row's logits would change when the rows beside it end (measured: up to 0.15)."""
         llama = _llama()
         batch = self.batch
+        real = len(entries)
+        if step and real == 1:
+            llama.llama_memory_seq_rm(self.memory, PAD, -1, -1)
+            entries = [(entries[0][0], 0, PAD, True), *entries]  # next to the lowest slot, so in the same pass
         for i, (token, position, stream, logits) in enumerate(entries):
             batch.token[i], batch.pos[i], batch.n_seq_id[i] = token, position, 1
             batch.seq_id[i][0], batch.logits[i] = stream, logits
@@ -411,17 +534,17 @@ class LlamaEngine:
             raise EngineError(f"llama.cpp failed to decode a batch of {len(entries)} tokens (code {code})")
         self.stats["decode_calls"] += 1
         self.stats["decode_seconds"] += seconds
-        self.stats["tokens_in"] += len(entries)
+        self.stats["tokens_in"] += real
         if step:
             self.stats["step_calls"] += 1
             self.stats["step_seconds"] += seconds
-            self.stats["step_tokens"] += len(entries)
-        change = self.tuner.record(len(entries), seconds)
+            self.stats["step_tokens"] += real
+        change = self.tuner.record(real, seconds)
         if change is not None:
             llama.llama_set_n_threads(self.ctx, change, change)
         out = {}
         for i, (_, _, stream, logits) in enumerate(entries):
-            if logits:
+            if logits and stream != PAD:
                 out[stream] = np.ctypeslib.as_array(llama.llama_get_logits_ith(self.ctx, i),
                                                     shape=(self.n_vocab,)).copy()
         return out

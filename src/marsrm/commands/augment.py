@@ -8,7 +8,7 @@ from marsrm.config import ConfigError, check_settings, setting, to_yaml
 from marsrm.features import LazyEmbed
 from marsrm.io import atomic_write_text
 from marsrm.pipeline import DataSettings, load_split
-from marsrm.llamacpp import CACHES, WEIGHTS, parse_threads
+from marsrm.llamacpp import CACHES, KERNELS, WEIGHTS, parse_threads
 from marsrm.lm import ENGINES
 from marsrm.pool.build import FALLBACKS, TARGETS, build_pool, check_pool_output
 from marsrm.pool.export import STYLES, export_trl
@@ -53,8 +53,12 @@ class AugmentConfig(DataSettings):
     engine: str = setting("auto", "local: generation engine; auto = llama.cpp for a .gguf model on the CPU when "
                           "sampling (continuous batching, several times faster), else transformers",
                           choices=list(ENGINES))
-    weights: str = setting("q8_0", "local, llama.cpp: weights the .gguf file is converted to once (cached): q8_0 "
-                           "(fastest batched kernels), f16, or as-is", choices=list(WEIGHTS))
+    weights: str = setting("auto", "local, llama.cpp: weights the .gguf file is converted to once (cached); auto = "
+                           "bf16 on the AVX-512 BF16 kernels, else q8_0 (the fastest on each); or f16, as-is",
+                           choices=list(WEIGHTS))
+    kernels: str = setting("auto", "local, llama.cpp: CPU kernels; auto = the AVX-512 BF16 build where this CPU "
+                           "runs it (`make setup` compiles it), else portable (AVX2, any recent x86-64)",
+                           choices=list(KERNELS))
     threads: str = setting("auto", "local, llama.cpp: CPU threads; auto = adapt between 1 and all cores to what "
                            "runs fastest (another busy process takes a core), or a number")
     kv_cache: str = setting("per-row", "local, llama.cpp: KV cache layout; per-row (each row attends to its own "
@@ -62,7 +66,8 @@ class AugmentConfig(DataSettings):
                             "less memory, slower on long prompts, rows depend on their neighbours)",
                             choices=list(CACHES))
     batch_size: int | None = setting(None, "local: sequences generated together (texts × n when sampling, texts × "
-                                     "beams); default 16 with transformers, 32 with llama.cpp", ge=1)
+                                     "beams); default 16 with transformers, 32 with llama.cpp (64 on its AVX-512 BF16 "
+                                     "kernels)", ge=1)
     device: str | None = setting(None, "local: torch device (default: cuda when available, else cpu)")
     dtype: str = setting("auto", "local: compute dtype; auto = fp32 on CPU (a text's outputs then do not depend on "
                          "batching), bf16 on GPU; bf16 is faster on CPUs with native bf16 but batching can change "
@@ -121,7 +126,7 @@ class AugmentConfig(DataSettings):
                         no_repeat_ngram_size=self.no_repeat_ngram_size, length_ratio=self.length_ratio,
                         max_new_tokens=self.max_new_tokens, batch_size=self.batch_size, device=self.device,
                         dtype=self.dtype, engine=self.engine, weights=self.weights, threads=parse_threads(self.threads),
-                        kv_cache=self.kv_cache)
+                        kv_cache=self.kv_cache, kernels=self.kernels)
         if kind == "openai":
             return dict(base_url=self.base_url, model=self.model, api_key_env=self.api_key_env,
                         concurrency=self.concurrency, timeout=self.timeout, retries=self.retries,

@@ -10,7 +10,7 @@ from marsrm.bon import (DEFAULT_NS, RUN_CONFIG, Policy, best_of_n, check_ns, for
                         training_prompts)
 from marsrm.config import ConfigError, check_settings, setting, to_yaml
 from marsrm.io import atomic_write_json, atomic_write_text
-from marsrm.llamacpp import CACHES, WEIGHTS, parse_threads
+from marsrm.llamacpp import CACHES, KERNELS, WEIGHTS, parse_threads
 from marsrm.lm import ENGINES
 from marsrm.pipeline import DataSettings
 
@@ -44,14 +44,16 @@ class BonConfig(DataSettings):
                                      "start is cut", ge=1)
     engine: str = setting("auto", "policy generation engine; auto = llama.cpp for a .gguf policy on the CPU "
                           "(continuous batching), else transformers", choices=list(ENGINES))
-    weights: str = setting("q8_0", "llama.cpp: weights the .gguf policy is converted to once (cached): q8_0, f16 "
-                           "or as-is", choices=list(WEIGHTS))
+    weights: str = setting("auto", "llama.cpp: weights the .gguf policy is converted to once (cached); auto = bf16 "
+                           "on the AVX-512 BF16 kernels, else q8_0; or f16, as-is", choices=list(WEIGHTS))
+    kernels: str = setting("auto", "llama.cpp: CPU kernels; auto = the AVX-512 BF16 build where this CPU runs it "
+                           "(`make setup` compiles it), else portable (AVX2)", choices=list(KERNELS))
     threads: str = setting("auto", "llama.cpp: CPU threads; auto = adapt between 1 and all cores, or a number")
     kv_cache: str = setting("per-row", "llama.cpp: KV cache layout; per-row (each row attends to its own cells; a "
                             "row's sample does not depend on its neighbours) or shared (one cache: less memory, slower "
                             "on long prompts, rows depend on their neighbours)", choices=list(CACHES))
     batch_size: int | None = setting(None, "rows sampled together (default 16 with transformers, 32 slots with "
-                                     "llama.cpp)", ge=1)
+                                     "llama.cpp, 64 on its AVX-512 BF16 kernels)", ge=1)
     dtype: str = setting("auto", "policy dtype; auto = bf16 on a GPU, fp32 on a CPU (fp32: a row's sample does "
                          "not depend on its batch)", choices=["auto", "fp32", "bf16", "fp16"])
     device: str | None = setting(None, "device for the policy and the reward models (default: cuda if available)")
@@ -136,7 +138,7 @@ def bon(config: BonConfig, echo=print) -> dict:
                     max_new_tokens=config.max_new_tokens, max_prompt_tokens=config.max_prompt_tokens,
                     batch_size=config.batch_size, dtype=config.dtype, device=config.device,
                     trust_remote_code=config.trust_remote_code, engine=config.engine, weights=config.weights,
-                    threads=parse_threads(config.threads), kv_cache=config.kv_cache)
+                    threads=parse_threads(config.threads), kv_cache=config.kv_cache, kernels=config.kernels)
     samples = generate_samples(prompts, ns[-1], policy, config.samples or out / "samples", seed=config.sample_seed,
                                echo=echo, progress=config.progress)
     policy.close()  # the samples are cached; the reward models need the memory

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from marsrm.llamacpp import DEFAULT_SLOTS, EngineError
+from marsrm.llamacpp import EngineError
 from marsrm.lm import (DEFAULT_MODEL, LMError, choose_engine, generate, load_language_model, load_tokenizer,
                        model_identity, prefill, prepare, resolve_model)
 from marsrm.pool.paraphrase import (DECODINGS, EXAMPLES, INSTRUCTIONS, SYSTEM, TEMPLATES, Paraphraser, PoolError,
@@ -44,7 +44,8 @@ class LocalParaphraser(Paraphraser):
                  no_repeat_ngram_size: int = 3, repetition_penalty: float = 1.0, length_ratio: float = 1.5,
                  max_new_tokens: int = 192, batch_size: int | None = None, device: str | None = None,
                  dtype: str = "auto", trust_remote_code: bool = False, engine: str = "auto",
-                 weights: str = "q8_0", threads: str | int = "auto", kv_cache: str = "per-row"):
+                 weights: str = "auto", threads: str | int = "auto", kv_cache: str = "per-row",
+                 kernels: str = "auto"):
         super().__init__()
         if dtype not in DTYPES["paraphrase"]:
             raise PoolError(f"setting 'dtype': '{dtype}' (choose auto, fp32, bf16 or fp16)")
@@ -77,10 +78,11 @@ class LocalParaphraser(Paraphraser):
                 from marsrm.llamacpp import LlamaEngine
 
                 self.engine = LlamaEngine(Path(self.location) / self.gguf_file, weights=weights,
-                                          slots=batch_size or DEFAULT_SLOTS, threads=threads, cache=kv_cache)
+                                          slots=batch_size, threads=threads, cache=kv_cache,
+                                          kernels=kernels)
         except (LMError, EngineError) as err:
             raise PoolError(str(err)) from err
-        self.batch_size = batch_size or (DEFAULT_SLOTS if self.engine_name == "llama.cpp" else 16)
+        self.batch_size = batch_size or (self.engine.slots if self.engine_name == "llama.cpp" else 16)
         self.dtype_name = resolve_dtype(dtype, self.device, "paraphrase")
         self.trust_remote_code = trust_remote_code
         self._model = self._tokenizer = None
@@ -97,8 +99,7 @@ class LocalParaphraser(Paraphraser):
         return self.dtype_name == "fp32"
 
     def settings(self) -> dict:
-        compute = ({"engine": "llama.cpp", "weights": self.engine.weights, "cache": self.engine.cache}
-                   if self.engine_name == "llama.cpp"
+        compute = (self.engine.identity() if self.engine_name == "llama.cpp"
                    else {"dtype": self.dtype_name})  # transformers: as before engines existed (caches stay valid)
         return {"kind": self.kind, "model": model_identity(self.location, self.gguf_file), **compute,
                 "template": self.template,
