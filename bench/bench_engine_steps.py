@@ -129,9 +129,11 @@ def main(argv=None) -> int:
     prefix, prompt = paraphraser._prefix(task.kind)[1][0].tolist(), paraphraser._rows(task)
     prompts = [paraphraser._rows(Task(text, 0)) for text in TEXTS for _ in range(6)]
     paraphraser.close()
-    results = {"cpu": cpu_name(), "cores": len(os.sched_getaffinity(0)), "threads": args.threads, "kernels": kernels,
+    results = {"cpu": cpu_name(), "cores": len(os.sched_getaffinity(0)), "threads": args.threads,
+               "kernels": kernels,
                "prefix_tokens": len(prefix), "prompt_tokens": len(prompt), "runs": []}
-    print(f"{results['cpu']}, {args.threads} threads, {kernels} kernels; prefix {len(prefix)} + prompt {len(prompt)} tokens", flush=True)
+    print(f"{results['cpu']}, {args.threads} threads, {kernels} kernels; prefix {len(prefix)} + prompt "
+          f"{len(prompt)} tokens", flush=True)
     with tempfile.TemporaryDirectory() as directory:
         for weights in args.weights.split(","):
             path = convert(smollm2_path(), weights, Path(directory))

@@ -57,7 +57,8 @@ def _spin(stop) -> None:
 
 
 def engine_options(spec: str) -> dict:
-    """{"engine": …, "weights": …, "kernels": …, "kv_cache": …} of a configuration such as "llama.cpp:portable:q8_0"."""
+    """{"engine": …, "weights": …, "kernels": …, "kv_cache": …} of a configuration such as
+    "llama.cpp:portable:q8_0"."""
     from marsrm.llamacpp import CACHES, KERNELS, WEIGHTS
 
     engine, *options = spec.split(":")

@@ -29,6 +29,7 @@ refinement and best-of-N sampling all reach it through `LlamaEngine.generate`.
   of the last decade); "avx512-bf16" is a second build of the same llama.cpp for CPUs with AVX-512 VNNI and BF16,
   which `make setup` also compiles and which is loaded only where /proc/cpuinfo lists every instruction it was
   built for. "auto" (default) takes the second where it can run. A process loads one of them, at its first use.
+  On the AVX-512 BF16 kernels the KV cache is BF16 too and the default is 64 slots (32 on the portable ones).
 - Weights: "auto" (default) is "bf16" with the AVX-512 BF16 kernels (×1.5 faster per batched step there than Q8_0)
   and "q8_0" otherwise (the fastest format on the portable kernels). Both convert the model's GGUF file once
   with llama.cpp's own quantizer (cached under $MARSRM_CACHE/gguf); "f16" converts to float16, "as-is" uses the
@@ -61,7 +62,7 @@ from marsrm.features import cache_root
 
 WEIGHTS = ("auto", "q8_0", "bf16", "f16", "as-is")
 KERNELS = ("auto", "portable", "avx512-bf16")
-# the instructions the avx512-bf16 build is compiled for (the Makefile's LLAMA_AVX512_CMAKE), as /proc/cpuinfo
+# the instructions the avx512-bf16 build is compiled for (scripts/build_llama_avx512.sh), as /proc/cpuinfo
 # spells them
 AVX512_BF16_FLAGS = ("avx2", "fma", "f16c", "bmi2", "avx512f", "avx512cd", "avx512vl", "avx512dq", "avx512bw",
                      "avx512vbmi", "avx512_vnni", "avx512_bf16")
@@ -118,7 +119,8 @@ def avx512_unavailable(flags: set[str] | None = None, build: Path | None = None)
         return f"{build} holds no AVX-512 build of llama.cpp (`make setup` compiles it)"
     version, bindings = stamp.read_text(encoding="utf-8").strip(), _bindings_version()
     if version != bindings:
-        return f"{build} was built for llama-cpp-python {version}, but {bindings} is installed (`make setup` rebuilds it)"
+        return (f"{build} was built for llama-cpp-python {version}, but {bindings} is installed "
+                "(`make setup` rebuilds it)")
     return None
 
 
