@@ -8,9 +8,9 @@ kept share within a few points.
 
   transformers   today's `local` backend: static batches of 16 rows, its default dtype (bf16 where the CPU
                  has native bf16, else fp32)
-  llama.cpp      continuous batching through llama-cpp-python, 32 slots, a KV cache of its own per row, the
-                 default kernels and weights: the AVX-512 BF16 build with BF16 weights where the CPU runs it,
-                 else the portable (AVX2) build with Q8_0 weights
+  llama.cpp      continuous batching through llama-cpp-python, a KV cache of its own per row, the default
+                 kernels, weights and slots: the AVX-512 BF16 build with BF16 weights and 64 slots where the
+                 CPU runs it, else the portable (AVX2) build with Q8_0 weights and 32 slots
   llama.cpp:X    the same with weights X (q8_0, bf16, f16, as-is), kernels X (portable, avx512-bf16) or the cache
                  layout X (shared: one cache for all rows); several as llama.cpp:portable:q8_0
 

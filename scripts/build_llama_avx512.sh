@@ -10,7 +10,7 @@
 set -euo pipefail
 venv=${VENV:-.venv}
 target="$venv/llama-cpp-avx512"
-flags=(avx2 fma f16c bmi2 avx512f avx512cd avx512vl avx512dq avx512bw avx512vbmi avx512_vnni avx512_bf16)
+# the compiler's side of marsrm.llamacpp.AVX512_BF16_FLAGS, the CPU flags that must all be present to load it
 cmake_flags=(-DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_BMI2=ON
              -DGGML_AVX512=ON -DGGML_AVX512_VBMI=ON -DGGML_AVX512_VNNI=ON -DGGML_AVX512_BF16=ON)
 
@@ -19,13 +19,12 @@ if [ -f "$target/VERSION" ] && [ "$(cat "$target/VERSION")" = "$version" ]; then
     exit 0
 fi
 if [ "${MARSRM_BUILD_AVX512:-0}" != 1 ]; then
-    cpu=$(grep -m1 '^flags' /proc/cpuinfo || true)
-    for flag in "${flags[@]}"; do
-        if ! grep -qw "$flag" <<<"$cpu"; then
-            echo "note: this CPU lacks $flag: llama.cpp's AVX-512 BF16 build skipped (the portable one serves)"
-            exit 0
-        fi
-    done
+    missing=$("$venv/bin/python" -c 'from marsrm.llamacpp import AVX512_BF16_FLAGS as need, cpu_flags
+print(" ".join(f for f in need if f not in cpu_flags()))')
+    if [ -n "$missing" ]; then
+        echo "note: this CPU lacks $missing: llama.cpp's AVX-512 BF16 build skipped (the portable one serves)"
+        exit 0
+    fi
 fi
 cmake=cmake
 command -v cmake >/dev/null || { "$venv/bin/pip" install -q cmake && cmake="$venv/bin/cmake"; }

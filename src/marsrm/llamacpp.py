@@ -62,8 +62,8 @@ from marsrm.features import cache_root
 
 WEIGHTS = ("auto", "q8_0", "bf16", "f16", "as-is")
 KERNELS = ("auto", "portable", "avx512-bf16")
-# the instructions the avx512-bf16 build is compiled for (scripts/build_llama_avx512.sh), as /proc/cpuinfo
-# spells them
+# the instructions the avx512-bf16 build is compiled for (scripts/build_llama_avx512.sh reads this list to decide
+# whether to build it), as /proc/cpuinfo spells them
 AVX512_BF16_FLAGS = ("avx2", "fma", "f16c", "bmi2", "avx512f", "avx512cd", "avx512vl", "avx512dq", "avx512bw",
                      "avx512vbmi", "avx512_vnni", "avx512_bf16")
 CACHES = ("per-row", "shared")
@@ -153,6 +153,8 @@ def resolve_weights(weights: str, kernels: str) -> str:
 def _llama(kernels: str = "auto"):
     """The llama_cpp module with its backend initialised and its log silenced, loaded once per process with the
     `kernels` asked for ("auto" also takes whichever is loaded already)."""
+    if kernels == "auto" and "module" in _BACKEND:  # every decode step and sampled token comes here
+        return _BACKEND["module"]
     kernels = resolve_kernels(kernels)
     with _LOCK:
         if "module" not in _BACKEND:
