@@ -163,9 +163,16 @@ class ForkServer:
         assert code is not None, f"marsrm {' '.join(argv)} ran past {limit} s"
         return code, time.perf_counter() - started
 
+    def kill(self) -> None:
+        """SIGKILL the running child. It may have ended, and been reaped, just before: its exit line follows."""
+        try:
+            os.kill(self.child, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
     def close(self):
         if self.child is not None:  # a test failed while a command ran
-            os.kill(self.child, signal.SIGKILL)
+            self.kill()
         self.process.kill()
         self.process.wait()
 
@@ -226,10 +233,10 @@ def test_a_mars_run_killed_at_random_moments_resumes_to_the_uninterrupted_run(lo
                     argv = loop_argv(loop_setup, killed, [*extra, "--resume" if resume else "--overwrite"])
                     report["resumes"] += resume
                     first = False
-                    pid = server.start(argv, root / "log.txt")
+                    server.start(argv, root / "log.txt")
                     code = server.wait(float(rng.uniform(0.0, 1.2 * span)))
                     if code is None:
-                        os.kill(pid, signal.SIGKILL)
+                        server.kill()
                         code = server.wait(60)  # 0 when the run got to its end just before the signal
                     if code == -signal.SIGKILL:
                         kills += 1
